@@ -1,0 +1,223 @@
+"""The toy world: flat shapes on plain backgrounds, and a caption grammar that names them.
+
+It stands in for web images and their alt text, so that the project can train its own tiny CLIP
+offline and measure caption quality honestly. Every object is written ``[size ]<colour> <shape>``
+in every caption; the rest of the sentence is one of many paraphrases.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "green": (35, 160, 55),
+    "blue": (40, 75, 220),
+    "yellow": (240, 205, 25),
+    "purple": (125, 45, 175),
+    "orange": (245, 135, 20),
+    "pink": (240, 110, 190),
+    "black": (25, 25, 25),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
+SIZES: dict[str, tuple[float, float]] = {"small": (0.07, 0.10), "large": (0.15, 0.19)}
+MAX_OBJECTS = 3
+SPLITS = ("clip", "decoder", "memory", "eval")
+
+_ONE = (
+    "a {0}",
+    "there is a {0}",
+    "a picture of a {0}",
+    "an image of a {0}",
+    "a {0} on a plain background",
+    "a single {0}",
+    "just a {0}",
+    "a drawing of a {0}",
+)
+_TWO = (
+    "a {0} and a {1}",
+    "a {0} next to a {1}",
+    "a {0} beside a {1}",
+    "there is a {0} and a {1}",
+    "a picture of a {0} and a {1}",
+    "a {0} with a {1}",
+    "two shapes: a {0} and a {1}",
+    "an image showing a {0} and a {1}",
+)
+_THREE = (
+    "a {0}, a {1} and a {2}",
+    "there is a {0}, a {1} and a {2}",
+    "a picture of a {0}, a {1} and a {2}",
+    "a {0} with a {1} and a {2}",
+    "three shapes: a {0}, a {1} and a {2}",
+    "a {0} next to a {1} and a {2}",
+    "an image showing a {0}, a {1} and a {2}",
+)
+TEMPLATES: dict[int, tuple[str, ...]] = {1: _ONE, 2: _TWO, 3: _THREE}
+
+_OBJECT_PATTERN = re.compile(
+    r"\b(?:(?P<size>%s) )?(?P<colour>%s) (?P<shape>%s)\b"
+    % ("|".join(SIZES), "|".join(COLOURS), "|".join(SHAPES))
+)
+
+
+@dataclass(frozen=True)
+class ToyObject:
+    """One shape: its words, and where it is drawn (centre and radius as fractions of the side)."""
+
+    colour: str
+    shape: str
+    size: str
+    x: float
+    y: float
+    radius: float
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A light background colour and one to three objects of distinct colours."""
+
+    background: tuple[int, int, int]
+    objects: tuple[ToyObject, ...]
+
+    def object_set(self) -> frozenset[tuple[str, str]]:
+        """The ``(colour, shape)`` pairs in the scene: what quality is judged on."""
+        return frozenset((o.colour, o.shape) for o in self.objects)
+
+
+def split_rng(seed: int, split: str) -> np.random.Generator:
+    """An independent random stream for one split, so splits never share draws."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    digest = hashlib.sha256(f"decap-toyworld/{seed}/{split}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def sample_scene(rng: np.random.Generator, num_objects: int | None = None) -> Scene:
+    """Draw a scene: 1 to 3 non-overlapping objects, distinct colours, varied sizes and places."""
+    count = int(rng.integers(1, MAX_OBJECTS + 1)) if num_objects is None else num_objects
+    colours = rng.choice(len(COLOURS), size=count, replace=False)
+    level = rng.uniform(215, 250)
+    background = tuple(int(np.clip(level + rng.uniform(-12, 12), 190, 255)) for _ in range(3))
+    while True:  # rejection sampling; three large objects always fit in the unit square
+        objects = []
+        for colour_index in colours:
+            size = str(rng.choice(list(SIZES)))
+            radius = float(rng.uniform(*SIZES[size]))
+            objects.append(
+                ToyObject(
+                    colour=list(COLOURS)[int(colour_index)],
+                    shape=SHAPES[int(rng.integers(len(SHAPES)))],
+                    size=size,
+                    x=float(rng.uniform(radius + 0.02, 1 - radius - 0.02)),
+                    y=float(rng.uniform(radius + 0.02, 1 - radius - 0.02)),
+                    radius=radius,
+                )
+            )
+        if _no_overlap(objects):
+            return Scene(background=background, objects=tuple(objects))
+
+
+def _no_overlap(objects: Sequence[ToyObject], margin: float = 0.02) -> bool:
+    for i, a in enumerate(objects):
+        for b in objects[i + 1 :]:
+            if math.hypot(a.x - b.x, a.y - b.y) < a.radius + b.radius + margin:
+                return False
+    return True
+
+
+def render(scene: Scene, size: int = 128) -> Image.Image:
+    """Draw the scene as an RGB image of ``size`` x ``size`` pixels."""
+    supersample = 4  # draw large, then downscale: smooth edges at every size
+    side = size * supersample
+    image = Image.new("RGB", (side, side), scene.background)
+    draw = ImageDraw.Draw(image)
+    for obj in scene.objects:
+        _draw_shape(draw, obj, side)
+    return image.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, obj: ToyObject, side: int) -> None:
+    cx, cy, r = obj.x * side, obj.y * side, obj.radius * side
+    fill = COLOURS[obj.colour]
+    if obj.shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif obj.shape == "square":
+        h = r * 0.85
+        draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=fill)
+    elif obj.shape == "triangle":
+        draw.polygon(_regular_polygon(cx, cy, r, 3), fill=fill)
+    elif obj.shape == "star":
+        outer = _regular_polygon(cx, cy, r, 5)
+        inner = _regular_polygon(cx, cy, r * 0.42, 5, offset=math.pi / 5)
+        draw.polygon([p for pair in zip(outer, inner) for p in pair], fill=fill)
+    elif obj.shape == "cross":
+        arm = r * 0.33
+        draw.rectangle((cx - r, cy - arm, cx + r, cy + arm), fill=fill)
+        draw.rectangle((cx - arm, cy - r, cx + arm, cy + r), fill=fill)
+    else:
+        raise ValueError(f"unknown shape {obj.shape!r}")
+
+
+def _regular_polygon(
+    cx: float, cy: float, r: float, corners: int, offset: float = 0.0
+) -> list[tuple[float, float]]:
+    start = -math.pi / 2 + offset
+    return [
+        (cx + r * math.cos(start + 2 * math.pi * i / corners),
+         cy + r * math.sin(start + 2 * math.pi * i / corners))
+        for i in range(corners)
+    ]
+
+
+def object_phrase(obj: ToyObject, with_size: bool) -> str:
+    """``[size ]<colour> <shape>``."""
+    return f"{obj.size} {obj.colour} {obj.shape}" if with_size else f"{obj.colour} {obj.shape}"
+
+
+def caption(scene: Scene, rng: np.random.Generator, size_word_rate: float = 0.5) -> str:
+    """One paraphrase describing the scene; objects in random order, size words optional."""
+    order = rng.permutation(len(scene.objects))
+    phrases = [object_phrase(scene.objects[i], bool(rng.random() < size_word_rate)) for i in order]
+    template = TEMPLATES[len(phrases)][int(rng.integers(len(TEMPLATES[len(phrases)])))]
+    return with_articles(template.format(*phrases))
+
+
+def with_articles(text: str) -> str:
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)
+
+
+def parse_objects(text: str) -> list[tuple[str, str]]:
+    """The ``(colour, shape)`` pairs a caption names, in order."""
+    return [(m["colour"], m["shape"]) for m in _OBJECT_PATTERN.finditer(text)]
+
+
+def parse_sized_objects(text: str) -> list[tuple[str | None, str, str]]:
+    """The ``(size or None, colour, shape)`` triples a caption names, in order."""
+    return [(m["size"], m["colour"], m["shape"]) for m in _OBJECT_PATTERN.finditer(text)]
+
+
+def sentences(seed: int, split: str, count: int) -> list[str]:
+    """``count`` grammar sentences from one split's stream (text only: decoder or memory corpora)."""
+    rng = split_rng(seed, split)
+    return [caption(sample_scene(rng), rng) for _ in range(count)]
+
+
+def scenes(seed: int, split: str, count: int, num_objects: int | None = None) -> list[Scene]:
+    """``count`` scenes from one split's stream."""
+    rng = split_rng(seed, split)
+    return [sample_scene(rng, num_objects) for _ in range(count)]
+
+
+def pairs(seed: int, split: str = "clip") -> Iterator[tuple[Scene, str]]:
+    """An endless stream of (scene, caption) pairs for contrastive training."""
+    rng = split_rng(seed, split)
+    while True:
+        scene = sample_scene(rng)
+        yield scene, caption(scene, rng)

@@ -1,0 +1,123 @@
+"""The main job on the toy world, end to end: CLIP, decoder, memory, captions, quality table.
+
+1. train the tiny CLIP on rendered image/caption pairs (or reuse the one in the work directory);
+2. train the toy decoder on grammar text only;
+3. build a support memory from other grammar text;
+4. render held-out images to files and caption them into Parquet with every strategy;
+5. print object accuracy per strategy and a tau sweep, and plot the sweep.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import fsspec
+
+from decap_core import metrics, projection, toyeval, toyworld
+from decap_core.captioner import Captioner
+from decap_core.checkpoint import load_decoder
+from decap_core.clip import load_clip
+from decap_core.memory import SupportMemory
+from jobs import caption, evaluate, train_clip, train_decoder
+
+DEFAULT_TAUS = (0.003, 0.01, 0.03, 0.1)
+
+
+def render_eval_images(seed: int, count: int, directory: str, size: int = 128) -> dict[str, frozenset]:
+    """Write held-out images as PNG files; returns each file key's true object set."""
+    fs, root = fsspec.core.url_to_fs(directory)
+    fs.makedirs(root, exist_ok=True)
+    truths = {}
+    for index, scene in enumerate(toyworld.scenes(seed, "eval", count)):
+        key = f"eval-{index:05d}"
+        with fs.open(f"{root}/{key}.png", "wb") as handle:
+            toyworld.render(scene, size).save(handle, format="PNG")
+        truths[key] = scene.object_set()
+    return truths
+
+
+def run_demo(args: argparse.Namespace) -> dict:
+    started = time.time()
+    work = args.workdir.rstrip("/")
+    fs, _ = fsspec.core.url_to_fs(work)
+    clip_path = f"{work}/clip/toy-clip.safetensors"
+    if args.fresh or not fs.exists(clip_path):
+        print(f"[1/5] training the toy CLIP ({args.clip_steps} steps)")
+        fs.makedirs(f"{work}/clip", exist_ok=True)
+        report = train_clip.train_clip(clip_path, steps=args.clip_steps, seed=args.seed)
+    else:
+        print(f"[1/5] reusing the toy CLIP at {clip_path} (--fresh retrains)")
+        report = toyeval.clip_report(load_clip("toy-clip", clip_path), args.seed)
+    print(train_clip.format_report(report))
+    clip = load_clip("toy-clip", clip_path)
+
+    decoder_dir = f"{work}/decoder"
+    if args.fresh or not fs.exists(f"{decoder_dir}/decoder.json"):
+        print(f"[2/5] training the toy decoder on {args.decoder_sentences} grammar sentences")
+        settings = train_decoder.TrainSettings(steps=args.decoder_steps, seed=args.seed)
+        texts = toyworld.sentences(args.seed, "decoder", args.decoder_sentences)
+        train_decoder.train_decoder(clip, texts, decoder_dir, "toy", settings)
+    else:
+        print(f"[2/5] reusing the decoder at {decoder_dir} (--fresh retrains)")
+    decoder = load_decoder(decoder_dir)
+
+    print(f"[3/5] building a support memory from {args.memory_sentences} other grammar sentences")
+    memory = SupportMemory.from_texts(clip, toyworld.sentences(args.seed, "memory", args.memory_sentences))
+    captioner = Captioner(decoder, memory, tau=args.tau)
+
+    print(f"[4/5] captioning {args.eval_images} held-out images")
+    truths = render_eval_images(args.seed, args.eval_images, f"{work}/images")
+    result = caption.caption_images(clip, captioner, f"{work}/images/*.png", projection.STRATEGIES)
+    out, errors = caption.write_result(result, f"{work}/captions.parquet")
+    print(f"      captions: {out} ({len(result.rows)} rows), dead letters: {errors} ({len(result.dead_letters)})")
+
+    print("[5/5] scoring captions against the held-out images' objects")
+    by_strategy: dict[str, list] = {}
+    for row in result.rows:
+        by_strategy.setdefault(row["strategy"], []).append(row)
+    table = []
+    for strategy in projection.STRATEGIES:
+        rows = by_strategy[strategy]
+        scores = metrics.object_scores([r["caption"] for r in rows], [truths[r["key"]] for r in rows])
+        table.append({"strategy": strategy, "tau": args.tau if strategy == "pd" else None, **scores})
+    keys = sorted(truths)
+    embeddings = clip.encode_images([toyworld.render(s, 128) for s in toyworld.scenes(args.seed, "eval", args.eval_images)])
+    table += evaluate.evaluate(captioner, embeddings, [truths[k] for k in keys], strategies=(), taus=args.taus)
+    coverage = evaluate.memory_coverage(memory.texts, list(truths.values()))
+    print(f"memory: {len(memory)} sentences; held-out images whose exact object set some memory sentence names: {coverage:.1%}")
+    print(evaluate.format_table(table))
+    plot = f"{work}/tau_sweep.png"
+    if "://" not in work:
+        evaluate.plot_tau_sweep(table, plot)
+        print(f"tau sweep plot: {plot}")
+    summary = {"clip": report, "memory_coverage": coverage, "table": table, "seconds": time.time() - started}
+    with fsspec.open(f"{work}/report.json", "w") as handle:
+        json.dump(summary, handle, indent=1)
+    print(f"done in {summary['seconds'] / 60:.1f} min; report: {work}/report.json")
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", default=os.environ.get("DECAP_WORKDIR", "runs/demo"))
+    parser.add_argument("--fresh", action="store_true", help="retrain CLIP and decoder even if present")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clip-steps", type=int, default=600)
+    parser.add_argument("--decoder-steps", type=int, default=2000)
+    parser.add_argument("--decoder-sentences", type=int, default=30000)
+    parser.add_argument("--memory-sentences", type=int, default=2000)
+    parser.add_argument("--eval-images", type=int, default=500)
+    parser.add_argument("--tau", type=float, default=projection.DEFAULT_TAU)
+    parser.add_argument("--taus", type=lambda s: [float(x) for x in s.split(",")], default=list(DEFAULT_TAUS))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="decap demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    run_demo(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
