@@ -11,6 +11,7 @@ COMMANDS = {
     "train-clip": ("jobs.train_clip", "train the toy world's tiny CLIP"),
     "train-decoder": ("jobs.train_decoder", "train the DeCap decoder on text only"),
     "caption": ("jobs.caption_cli", "caption a glob of image files into Parquet"),
+    "build-memory": ("pipelines.build_memory", "build a support memory from text corpora (Beam pipeline)"),
 }
 
 

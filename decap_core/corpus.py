@@ -1,0 +1,133 @@
+"""Corpus files to sentences: parse txt / jsonl / parquet (optionally gzip or zstd) into records.
+
+Every line or row becomes either a ``Sentence`` (normalised, with its id, CLIP tokens and source)
+or a ``DeadLetter`` naming its source, the stage that refused it and why. Nothing is dropped
+silently. A source is ``URL:N``: the 1-based line of a text file, the 0-based row of a Parquet file.
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterator, NamedTuple, Sequence
+
+import fsspec
+import pyarrow.parquet as pq
+
+from decap_core.errors import DecapError
+from decap_core.textnorm import LengthLimits, NormalisationOptions, normalise, sentence_id
+from decap_core.vocab import clip_token_ids
+
+FORMATS = ("txt", "jsonl", "parquet")
+COMPRESSIONS = {"gz": "gzip", "zst": "zstd"}
+
+
+class Sentence(NamedTuple):
+    """A kept corpus sentence: id (hash of the normalised text), text, source, CLIP token ids."""
+
+    id: str
+    text: str
+    source: str
+    tokens: tuple[int, ...]
+
+
+class DeadLetter(NamedTuple):
+    """A refused input: where it came from, the stage that refused it, the reason, a detail."""
+
+    key: str
+    stage: str
+    error: str
+    detail: str = ""
+
+
+class RawText(NamedTuple):
+    """A line or cell as read, before normalisation."""
+
+    text: str
+    source: str
+
+
+def expand_inputs(patterns: Sequence[str]) -> list[str]:
+    """The sorted files that fsspec globs match; a glob matching nothing is a user error."""
+    files: set[str] = set()
+    for pattern in patterns:
+        fs, _ = fsspec.core.url_to_fs(pattern)
+        matches = [p for p in fs.glob(pattern) if fs.isfile(p)]
+        if not matches:
+            raise DecapError(f"no input files match {pattern}")
+        files.update(fs.unstrip_protocol(p) if "://" in pattern else p for p in matches)
+    return sorted(files)
+
+
+def file_format(url: str) -> tuple[str, str | None]:
+    """``(format, compression)`` from a file name such as ``part-1.jsonl.zst``."""
+    name = url.rsplit("/", 1)[-1]
+    stem, _, extension = name.rpartition(".")
+    compression = COMPRESSIONS.get(extension)
+    if compression is not None:
+        stem, _, extension = stem.rpartition(".")
+    return extension, compression
+
+
+def read_records(url: str, field: str = "text") -> Iterator[RawText | DeadLetter]:
+    """Every line or row of one corpus file: its raw text, or why it could not be read.
+
+    ``field`` names the JSON key of ``.jsonl`` rows and the column of ``.parquet`` files.
+    """
+    kind, compression = file_format(url)
+    if kind not in FORMATS:
+        yield DeadLetter(url, "read", "unknown_format", f"expected one of {FORMATS}, optionally .gz or .zst")
+        return
+    try:
+        with fsspec.open(url, "rb", compression=compression) as handle:
+            if kind == "parquet":
+                yield from _parquet_records(handle, url, field)
+            else:
+                for number, line in enumerate(handle, start=1):
+                    yield _line_record(line, f"{url}:{number}", kind == "jsonl", field)
+    except (OSError, EOFError, ValueError) as error:  # damaged compression or Parquet footer
+        yield DeadLetter(url, "read", "unreadable_file", f"{type(error).__name__}: {error}"[:200])
+
+
+def _line_record(line: bytes, source: str, is_json: bool, field: str) -> RawText | DeadLetter:
+    try:
+        text = line.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as error:
+        return DeadLetter(source, "read", "undecodable_bytes", str(error)[:200])
+    if not is_json or not text.strip():
+        return RawText(text, source)
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as error:
+        return DeadLetter(source, "read", "invalid_json", str(error)[:200])
+    if not isinstance(row, dict) or field not in row:
+        return DeadLetter(source, "read", "missing_field", f"no field {field!r}")
+    if not isinstance(row[field], str):
+        return DeadLetter(source, "read", "not_a_string", f"field {field!r} is {type(row[field]).__name__}")
+    return RawText(row[field], source)
+
+
+def _parquet_records(handle, url: str, column: str) -> Iterator[RawText | DeadLetter]:
+    parquet = pq.ParquetFile(handle)
+    if column not in parquet.schema_arrow.names:
+        yield DeadLetter(url, "read", "missing_column", f"no column {column!r}")
+        return
+    row = 0
+    for batch in parquet.iter_batches(columns=[column]):
+        for value in batch.column(0).to_pylist():
+            source = f"{url}:{row}"
+            if isinstance(value, str):
+                yield RawText(value, source)
+            else:
+                yield DeadLetter(source, "read", "not_a_string", f"column {column!r} holds {type(value).__name__}")
+            row += 1
+
+
+def prepare(raw: RawText, options: NormalisationOptions, limits: LengthLimits) -> Sentence | DeadLetter:
+    """Normalise one raw text, give it its id and tokens, or say why it is refused."""
+    text = normalise(raw.text, options)
+    if not text:
+        return DeadLetter(raw.source, "normalise", "empty")
+    tokens = clip_token_ids(text)
+    problem = limits.problem(len(tokens))
+    if problem is not None:
+        return DeadLetter(raw.source, "filter", problem, f"{len(tokens)} tokens: {text[:80]}")
+    return Sentence(sentence_id(text), text, raw.source, tuple(tokens))

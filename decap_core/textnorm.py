@@ -1,0 +1,61 @@
+"""Sentence normalisation, ids and token counts: what makes two corpus lines the same sentence.
+
+The id of a sentence is a hash of its normalised text, so deduplication is a key comparison.
+Token counts use CLIP's own BPE (``decap_core.vocab``), start and end tokens included.
+Change ``NORMALISATION_VERSION`` whenever ``normalise`` changes what it returns: the version goes
+into every memory manifest, and ids from different versions are not comparable.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import asdict, dataclass
+
+NORMALISATION_VERSION = "nfc-ws-1"
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class NormalisationOptions:
+    """How corpus lines become sentences (recorded in the manifest beside the version)."""
+
+    lowercase: bool = False
+
+    def describe(self) -> dict:
+        return {"version": NORMALISATION_VERSION, **asdict(self)}
+
+
+def normalise(text: str, options: NormalisationOptions = NormalisationOptions()) -> str:
+    """Unicode NFC, runs of whitespace collapsed to one space, ends stripped; optionally lower-cased."""
+    text = _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    return text.lower() if options.lowercase else text
+
+
+def sentence_id(normalised_text: str) -> str:
+    """The dedupe key: 32 hex digits of the SHA-256 of the normalised text."""
+    return hashlib.sha256(normalised_text.encode("utf-8")).hexdigest()[:32]
+
+
+def shard_of(sentence_id_hex: str, num_shards: int) -> int:
+    """The shard a sentence id belongs to: stable across runs, machines and Python versions."""
+    return int(sentence_id_hex[:16], 16) % num_shards
+
+
+@dataclass(frozen=True)
+class LengthLimits:
+    """Token-count bounds, start and end tokens included (the length the text tower sees)."""
+
+    context_length: int
+    min_tokens: int = 3
+    max_tokens: int | None = None
+
+    def problem(self, token_count: int) -> str | None:
+        """Why a sentence of ``token_count`` tokens is refused, or None when it is kept."""
+        if token_count > self.context_length:
+            return "exceeds_clip_context"  # never truncated: the embedding would not be of this text
+        if token_count < self.min_tokens:
+            return "too_short"
+        if self.max_tokens is not None and token_count > self.max_tokens:
+            return "too_long"
+        return None
