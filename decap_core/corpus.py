@@ -6,6 +6,7 @@ silently. A source is ``URL:N``: the 1-based line of a text file, the 0-based ro
 """
 from __future__ import annotations
 
+import io
 import json
 from typing import Iterator, NamedTuple, Sequence
 
@@ -81,7 +82,8 @@ def read_records(url: str, field: str = "text") -> Iterator[RawText | DeadLetter
             if kind == "parquet":
                 yield from _parquet_records(handle, url, field)
             else:
-                for number, line in enumerate(handle, start=1):
+                lines = io.BufferedReader(handle) if compression == "zstd" else handle  # zstd has no readline
+                for number, line in enumerate(lines, start=1):
                     yield _line_record(line, f"{url}:{number}", kind == "jsonl", field)
     except (OSError, EOFError, ValueError) as error:  # damaged compression or Parquet footer
         yield DeadLetter(url, "read", "unreadable_file", f"{type(error).__name__}: {error}"[:200])

@@ -61,11 +61,12 @@ def key_by_shard(sentence: corpus.Sentence, num_shards: int) -> tuple[int, corpu
 
 
 class DedupeAndBatch(beam.DoFn):
-    """One shard's sentences -> its distinct ids in id order, as fixed batches ``((shard, n), rows)``.
+    """One shard's sentences -> its distinct ids as fixed batches ``((shard, n), rows)``.
 
     Duplicates share an id, so they share a shard: deduping within a shard is global. The kept
-    copy is the one with the smallest source, so reruns choose the same. Fixed batches of sorted
-    rows make the encoded numbers identical from run to run.
+    copy is the one with the smallest source, so reruns choose the same. Rows are batched in
+    (token count, id) order: a batch then trims its padding to nearly every row's length, and
+    the same batches every run make the encoded numbers identical from run to run.
     """
 
     STATS = "stats"
@@ -84,22 +85,24 @@ class DedupeAndBatch(beam.DoFn):
                 first[sentence.id] = sentence
         count("duplicates", seen - len(first))
         yield beam.pvalue.TaggedOutput(self.STATS, {"shard": shard, "sentences": seen, "distinct": len(first)})
-        rows = [first[key] for key in sorted(first)]
+        rows = sorted(first.values(), key=lambda sentence: (len(sentence.tokens), sentence.id))
         for number, batch in enumerate(batches_of(rows, self._batch_size)):
             yield (shard, number), batch
 
 
 class WriteShard(beam.DoFn):
-    """All encoded batches of one shard -> ``memory-SSSSS-of-NNNNN.parquet``; emits its name and rows."""
+    """All encoded batches of one shard -> ``memory-SSSSS-of-NNNNN.parquet``, rows sorted by id."""
 
     def __init__(self, output: str, num_shards: int):
         self._output, self._num_shards = output, num_shards
 
     def process(self, element: tuple[int, Iterable[tuple]]) -> Iterator[dict]:
         shard, encoded = element
-        batches = sorted(encoded, key=lambda item: item[0][1])
-        rows = [s for _, sentences, _ in batches for s in sentences]
-        embeddings = np.concatenate([e for _, _, e in batches])
+        batches = list(encoded)
+        rows = [sentence for _, sentences, _ in batches for sentence in sentences]
+        by_id = sorted(range(len(rows)), key=lambda i: rows[i].id)
+        rows = [rows[i] for i in by_id]
+        embeddings = np.concatenate([e for _, _, e in batches])[by_id]
         name = memory_files.shard_name(shard, self._num_shards)
         memory_files.write_shard(f"{self._output}/{name}", [r.id for r in rows], [r.text for r in rows],
                                  embeddings, [r.source for r in rows])
