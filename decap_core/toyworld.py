@@ -132,9 +132,11 @@ def _no_overlap(objects: Sequence[ToyObject], margin: float = 0.02) -> bool:
     return True
 
 
-def render(scene: Scene, size: int = 128) -> Image.Image:
-    """Draw the scene as an RGB image of ``size`` x ``size`` pixels."""
-    supersample = 4  # draw large, then downscale: smooth edges at every size
+def render(scene: Scene, size: int = 128, supersample: int = 4) -> Image.Image:
+    """Draw the scene as an RGB image of ``size`` x ``size`` pixels.
+
+    Shapes are drawn ``supersample`` times larger and downscaled, for smooth edges at every size.
+    """
     side = size * supersample
     image = Image.new("RGB", (side, side), scene.background)
     draw = ImageDraw.Draw(image)

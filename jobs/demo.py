@@ -62,10 +62,15 @@ def run_demo(args: argparse.Namespace) -> dict:
     else:
         print(f"[2/5] reusing the decoder at {decoder_dir} (--fresh retrains)")
     decoder = load_decoder(decoder_dir)
+    held_out = toyworld.sentences(args.seed + 3, "eval", 1000)
 
     print(f"[3/5] building a support memory from {args.memory_sentences} other grammar sentences")
     memory = SupportMemory.from_texts(clip, toyworld.sentences(args.seed, "memory", args.memory_sentences))
     captioner = Captioner(decoder, memory, tau=args.tau)
+    rebuilt = evaluate.reconstruction_scores(captioner, clip, held_out)
+    print(f"decoder on {len(held_out)} held-out grammar sentences, decoded from their own embeddings: "
+          f"same objects {rebuilt['same_objects']:.1%} (with sizes {rebuilt['same_sized_objects']:.1%}), "
+          f"exact sentence {rebuilt['exact']:.1%}")
 
     print(f"[4/5] captioning {args.eval_images} held-out images")
     truths = render_eval_images(args.seed, args.eval_images, f"{work}/images")
@@ -92,7 +97,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     if "://" not in work:
         evaluate.plot_tau_sweep(table, plot)
         print(f"tau sweep plot: {plot}")
-    summary = {"clip": report, "memory_coverage": coverage, "table": table, "seconds": time.time() - started}
+    summary = {"clip": report, "decoder_reconstruction": rebuilt, "memory_coverage": coverage,
+               "table": table, "seconds": time.time() - started}
     with fsspec.open(f"{work}/report.json", "w") as handle:
         json.dump(summary, handle, indent=1)
     print(f"done in {summary['seconds'] / 60:.1f} min; report: {work}/report.json")

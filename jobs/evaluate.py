@@ -8,6 +8,7 @@ import torch
 
 from decap_core import metrics, toyworld
 from decap_core.captioner import Captioner
+from decap_core.clip import ClipModel
 
 
 def memory_coverage(memory_texts: Sequence[str], truths: Sequence[frozenset]) -> float:
@@ -35,6 +36,21 @@ def evaluate(
         captions = replace(captioner, tau=tau).caption(image_embeddings, "pd")
         rows.append({"strategy": "pd", "tau": tau, **metrics.object_scores(captions, truths)})
     return rows
+
+
+def reconstruction_scores(captioner: Captioner, clip: ClipModel, texts: Sequence[str]) -> dict[str, float]:
+    """Decode sentences from their own text embeddings: do the objects (and words) come back?"""
+    decoded = captioner.decode(clip.encode_text(texts))
+    same_objects = sum(
+        sorted(toyworld.parse_objects(d)) == sorted(toyworld.parse_objects(t)) for d, t in zip(decoded, texts)
+    )
+    same_sized = sum(
+        sorted(toyworld.parse_sized_objects(d), key=str) == sorted(toyworld.parse_sized_objects(t), key=str)
+        for d, t in zip(decoded, texts)
+    )
+    exact = sum(d == t for d, t in zip(decoded, texts))
+    n = max(1, len(texts))
+    return {"same_objects": same_objects / n, "same_sized_objects": same_sized / n, "exact": exact / n}
 
 
 def format_table(rows: Sequence[dict]) -> str:

@@ -31,12 +31,13 @@ class ToyPairs(torch.utils.data.IterableDataset):
         self.model_name, self.seed, self.batch_size, self.render_size = model_name, seed, batch_size, render_size
 
     def __iter__(self):
+        torch.set_num_threads(1)  # one core renders while the other trains
         _, preprocess = create_model(self.model_name)
         tokenizer = open_clip.get_tokenizer(self.model_name)
         stream = toyworld.pairs(self.seed, "clip")
         while True:
             batch = [next(stream) for _ in range(self.batch_size)]
-            pixels = torch.stack([preprocess(toyworld.render(scene, self.render_size)) for scene, _ in batch])
+            pixels = torch.stack([preprocess(toyworld.render(scene, self.render_size, supersample=2)) for scene, _ in batch])
             yield pixels, tokenizer([text for _, text in batch])
 
 
@@ -104,9 +105,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    report = train_clip(args.out, args.clip_model, args.steps, args.batch_size, args.lr, seed=args.seed)
+    report = train_clip(args.out, args.clip_model, args.steps, args.batch_size, args.lr,
+                        weight_decay=args.weight_decay, seed=args.seed)
     print(format_report(report))
     print(json.dumps(report))
 
