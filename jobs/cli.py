@@ -12,6 +12,7 @@ COMMANDS = {
     "train-decoder": ("jobs.train_decoder", "train the DeCap decoder on text only"),
     "caption": ("jobs.caption_cli", "caption a glob of image files into Parquet"),
     "build-memory": ("pipelines.build_memory", "build a support memory from text corpora (Beam pipeline)"),
+    "make-shards": ("pipelines.make_train_shards", "write the decoder's WebDataset train shards (Beam pipeline)"),
 }
 
 

@@ -1,0 +1,193 @@
+"""Train shards: WebDataset tars of (text, CLIP tokens, CLIP text embedding), and ``vocab.json``.
+
+One sample per sentence; its key is the memory id (hex, so never a dot, which webdataset would
+split the key at). Members: ``txt`` (UTF-8 text), ``tokens.npy`` (int32 CLIP BPE ids, start and end
+included), ``emb.npy`` (float16 or float32 unit-norm embedding). Shards are ``train-NNNNNN.tar``
+and ``valid-NNNNNN.tar`` with a fixed number of samples each (the last may hold fewer).
+``vocab.json`` beside them, written last, makes a directory a set of shards: the CLIP fingerprint,
+the embedding width and dtype, every shard with its sample count, and the token counts of the
+training shards (from which the trainer builds its compact vocabulary).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import posixpath
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+import fsspec
+import numpy as np
+from webdataset.shardlists import expand_urls
+from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.writer import TarWriter
+
+from decap_core.errors import DecapError
+from decap_core.vocab import END_ID, START_ID, CompactVocab
+
+VOCAB_FILE = "vocab.json"
+FORMAT = "decap-train-shards/1"
+SPLITS = ("train", "valid")
+MEMBERS = ("txt", "tokens.npy", "emb.npy")
+EMB_DTYPES = {"float16": np.float16, "float32": np.float32}
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training sentence: memory id, text, CLIP token ids, unit-norm embedding."""
+
+    key: str
+    text: str
+    tokens: np.ndarray
+    embedding: np.ndarray
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def brace_pattern(directory: str, split: str, count: int) -> str:
+    """The brace-expansion URL of a split's shards, e.g. ``dir/train-{000000..000009}.tar``."""
+    directory = directory.rstrip("/")
+    if count == 1:
+        return f"{directory}/{shard_name(split, 0)}"
+    return f"{directory}/{split}-{{{0:06d}..{count - 1:06d}}}.tar"
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_shard(url: str, samples: Sequence[Sample], emb_dtype: str) -> None:
+    """Write one tar shard (deterministic bytes: fixed mtime, owner and member order)."""
+    with fsspec.open(url, "wb") as handle:
+        writer = TarWriter(handle, encoder=False, mtime=0, user="decap", group="decap")
+        for sample in samples:
+            if "." in sample.key or "/" in sample.key:
+                raise ValueError(f"sample key {sample.key!r} has a dot or slash; webdataset would split it")
+            writer.write({
+                "__key__": sample.key,
+                "txt": sample.text.encode("utf-8"),
+                "tokens.npy": npy_bytes(np.asarray(sample.tokens, dtype=np.int32)),
+                "emb.npy": npy_bytes(np.asarray(sample.embedding, dtype=EMB_DTYPES[emb_dtype])),
+            })
+        writer.close()
+
+
+def write_vocab(directory: str, metadata: dict[str, Any]) -> None:
+    with fsspec.open(f"{directory.rstrip('/')}/{VOCAB_FILE}", "w") as handle:
+        json.dump({"format": FORMAT, **metadata}, handle, indent=1, sort_keys=True)
+
+
+def read_vocab(directory: str) -> dict[str, Any]:
+    """The ``vocab.json`` of a shard directory, or one clear error."""
+    url = f"{directory.rstrip('/')}/{VOCAB_FILE}"
+    try:
+        with fsspec.open(url, "r") as handle:
+            metadata = json.load(handle)
+    except FileNotFoundError:
+        raise DecapError(f"{directory} holds no finished train shards (no {VOCAB_FILE}; did make-shards finish?)") from None
+    except (OSError, ValueError) as error:
+        raise DecapError(f"{url} is unreadable: {error}") from None
+    if metadata.get("format") != FORMAT:
+        raise DecapError(f"{url} is not a train-shards vocab.json (format {metadata.get('format')!r})")
+    return metadata
+
+
+def compact_vocab(metadata: dict[str, Any], min_count: int = 1) -> CompactVocab:
+    """The compact vocabulary of the tokens the training shards use at least ``min_count`` times."""
+    return CompactVocab.from_counts({int(t): n for t, n in metadata["token_counts"].items()}, min_count)
+
+
+def expand(pattern: str | Sequence[str]) -> list[str]:
+    """Shard URLs of brace patterns (``train-{000000..000009}.tar``; ``::`` separates several)."""
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    return [url for p in patterns for url in expand_urls(p)]
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """Shard URLs checked against the ``vocab.json`` beside them: one CLIP, one width, known shards."""
+
+    urls: tuple[str, ...]
+    expected: dict[str, int]  # samples each shard should hold
+    metadata: dict[str, Any]  # the first directory's vocab.json, token counts summed over directories
+
+    @classmethod
+    def open(cls, pattern: str | Sequence[str], clip_fingerprint: str | None = None) -> "ShardSet":
+        urls = expand(pattern)
+        if not urls:
+            raise DecapError(f"no shard URLs in {pattern!r}")
+        metadata: dict[str, Any] | None = None
+        counts: Counter = Counter()
+        expected: dict[str, int] = {}
+        for directory in dict.fromkeys(posixpath.dirname(url) for url in urls):
+            meta = read_vocab(directory)
+            if clip_fingerprint is not None and meta["clip_fingerprint"] != clip_fingerprint:
+                raise DecapError(f"shards in {directory} were made with CLIP {meta['clip_fingerprint']}, "
+                                 f"not {clip_fingerprint}")
+            if metadata is not None and (meta["clip_fingerprint"], meta["dim"]) != (metadata["clip_fingerprint"], metadata["dim"]):
+                raise DecapError(f"shards in {directory} were made with CLIP {meta['clip_fingerprint']} "
+                                 f"(dim {meta['dim']}), other shards with {metadata['clip_fingerprint']} (dim {metadata['dim']})")
+            metadata = metadata or dict(meta)
+            counts.update({int(t): n for t, n in meta["token_counts"].items()})
+            expected.update({f"{directory}/{s['name']}": s["samples"] for s in meta["shards"]})
+        unknown = [url for url in urls if url not in expected]
+        if unknown:
+            raise DecapError(f"shard {unknown[0]} is not listed in the {VOCAB_FILE} beside it "
+                             f"(a stale shard, or one from another make-shards run)")
+        metadata["token_counts"] = {str(t): n for t, n in sorted(counts.items())}
+        return cls(tuple(urls), {url: expected[url] for url in urls}, metadata)
+
+
+def read_shard(url: str, dim: int, expected: int | None = None) -> Iterator[Sample]:
+    """The samples of one shard, checked; a missing or damaged shard raises ``DecapError`` naming it.
+
+    Samples before the damage have been yielded by then; ``expected`` (from ``vocab.json``) catches
+    shards that end early without a tar error (zeroed or cut at a block boundary).
+    """
+    seen = 0
+    try:
+        with fsspec.open(url, "rb") as handle:
+            for raw in group_by_keys(tar_file_expander([{"url": url, "stream": handle}])):
+                yield decode_sample(raw, dim)
+                seen += 1
+    except FileNotFoundError:
+        raise DecapError(f"shard missing: {url}") from None
+    except (tarfile.TarError, OSError, ValueError, KeyError, EOFError) as error:
+        detail = error.args[0] if error.args else ""  # webdataset appends the stream and URL to args
+        raise DecapError(f"shard damaged: {url} after {seen} samples ({type(error).__name__}: {detail})"[:300]) from None
+    if expected is not None and seen != expected:
+        raise DecapError(f"shard damaged: {url} holds {seen} samples, {VOCAB_FILE} says {expected}")
+
+
+def decode_sample(raw: dict[str, Any], dim: int) -> Sample:
+    """A ``Sample`` from webdataset's raw member bytes; ValueError when a member is missing or wrong."""
+    missing = [m for m in MEMBERS if m not in raw]
+    if missing:
+        raise ValueError(f"sample {raw.get('__key__')!r} lacks {', '.join(missing)}")
+    tokens = np.load(io.BytesIO(raw["tokens.npy"]), allow_pickle=False)
+    embedding = np.load(io.BytesIO(raw["emb.npy"]), allow_pickle=False)
+    if tokens.ndim != 1 or len(tokens) < 2 or tokens[0] != START_ID or tokens[-1] != END_ID:
+        raise ValueError(f"sample {raw['__key__']!r} has tokens without start and end")
+    if embedding.shape != (dim,):
+        raise ValueError(f"sample {raw['__key__']!r} has an embedding of shape {embedding.shape}, not ({dim},)")
+    return Sample(raw["__key__"], raw["txt"].decode("utf-8"), tokens.astype(np.int64), embedding.astype(np.float32))
+
+
+def iter_shards(urls: Iterable[str], shard_set: ShardSet, skip_bad: bool) -> Iterator[tuple[str, Sample]]:
+    """``(url, sample)`` over shards in order; a bad shard is skipped with a warning or raised."""
+    for url in urls:
+        try:
+            for sample in read_shard(url, shard_set.metadata["dim"], shard_set.expected[url]):
+                yield url, sample
+        except DecapError as error:
+            if not skip_bad:
+                raise
+            log.warning("skipping %s", error)
