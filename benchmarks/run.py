@@ -17,6 +17,7 @@ import torch
 BENCHMARKS = [
     "benchmarks.bench_text_encoding",
     "benchmarks.bench_memory",
+    "benchmarks.bench_decoding",
 ]
 
 

@@ -99,11 +99,17 @@ def load_clip(name: str, checkpoint: str | None = None, device: str = "cpu") -> 
     )
 
 
-def create_model(name: str) -> tuple[torch.nn.Module, Callable]:
-    """An open_clip model with random weights and its eval preprocessing (no hub, no warning)."""
+def create_model(name: str, seed: int = 0) -> tuple[torch.nn.Module, Callable]:
+    """An open_clip model with seeded random weights and its eval preprocessing (no hub, no warning).
+
+    The seed makes "no checkpoint" mean the same weights in every process (Beam workers, reruns),
+    without touching the caller's random state.
+    """
     logging.disable(logging.WARNING)  # open_clip warns that no pretrained weights were loaded
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
     finally:
         logging.disable(logging.NOTSET)
     return model, preprocess

@@ -11,6 +11,7 @@ from decap_core.checkpoint import load_decoder
 from decap_core.clip import load_clip
 from decap_core.errors import DecapError
 from decap_core.memory import SupportMemory
+from decap_core.memory_files import load_memory
 from jobs.caption import caption_images, write_result
 
 
@@ -31,7 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clip-model", default="toy-clip")
     parser.add_argument("--clip-checkpoint", required=True)
     parser.add_argument("--decoder", required=True, help="directory with decoder.safetensors + decoder.json")
-    parser.add_argument("--memory-text", required=True, help="text file, one memory sentence a line")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--memory", help="support memory directory built by decap build-memory")
+    source.add_argument("--memory-text", help="small text file, one memory sentence a line (encoded here)")
     parser.add_argument("--strategy", action="append", choices=projection.STRATEGIES,
                         help="projection strategy (repeat for several; default pd)")
     parser.add_argument("--tau", type=float, default=projection.DEFAULT_TAU)
@@ -40,7 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     decoder = load_decoder(args.decoder)
     clip = load_clip(args.clip_model, args.clip_checkpoint)
-    memory = SupportMemory.from_texts(clip, read_lines(args.memory_text))
+    if args.memory:
+        memory = load_memory(args.memory, clip.fingerprint)
+    else:
+        memory = SupportMemory.from_texts(clip, read_lines(args.memory_text))
     captioner = Captioner(decoder, memory, tau=args.tau, beam_width=args.beam_width)
     result = caption_images(clip, captioner, args.images, args.strategy or ["pd"])
     out, errors = write_result(result, args.out)

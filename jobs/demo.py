@@ -2,7 +2,7 @@
 
 1. train the tiny CLIP on rendered image/caption pairs (or reuse the one in the work directory);
 2. train the toy decoder on grammar text only;
-3. build a support memory from other grammar text;
+3. build a support memory from other grammar text with the Beam pipeline (local runner);
 4. render held-out images to files and caption them into Parquet with every strategy;
 5. print object accuracy per strategy and a tau sweep, and plot the sweep.
 """
@@ -20,7 +20,9 @@ from decap_core.captioner import Captioner
 from decap_core.checkpoint import load_decoder
 from decap_core.clip import load_clip
 from decap_core.memory import SupportMemory
+from decap_core.memory_files import load_memory
 from jobs import caption, evaluate, train_clip, train_decoder
+from pipelines import build_memory
 
 DEFAULT_TAUS = (0.003, 0.01, 0.03, 0.1)
 
@@ -36,6 +38,20 @@ def render_eval_images(seed: int, count: int, directory: str, size: int = 128) -
             toyworld.render(scene, size).save(handle, format="PNG")
         truths[key] = scene.object_set()
     return truths
+
+
+def build_toy_memory(clip_path: str, seed: int, count: int, work: str) -> SupportMemory:
+    """Write the memory split's sentences to a text file and build it with the Beam pipeline."""
+    corpus_url = f"{work}/memory-corpus/sentences.txt"
+    with fsspec.open(corpus_url, "w", auto_mkdir=True) as handle:
+        handle.write("\n".join(toyworld.sentences(seed, "memory", count)) + "\n")
+    manifest = build_memory.run([
+        "--input", corpus_url, "--output", f"{work}/memory", "--clip-model", "toy-clip",
+        "--clip-checkpoint", clip_path, "--num-shards", "2",
+    ])
+    print(f"      memory: {work}/memory ({manifest['rows']} distinct sentences, "
+          f"{manifest['counts']['duplicates']} repeats dropped)")
+    return load_memory(f"{work}/memory", manifest["clip_fingerprint"])
 
 
 def run_demo(args: argparse.Namespace) -> dict:
@@ -64,8 +80,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     decoder = load_decoder(decoder_dir)
     held_out = toyworld.sentences(args.seed + 3, "eval", 1000)
 
-    print(f"[3/5] building a support memory from {args.memory_sentences} other grammar sentences")
-    memory = SupportMemory.from_texts(clip, toyworld.sentences(args.seed, "memory", args.memory_sentences))
+    print(f"[3/5] building a support memory from {args.memory_sentences} other grammar sentences (Beam)")
+    memory = build_toy_memory(clip_path, args.seed, args.memory_sentences, work)
     captioner = Captioner(decoder, memory, tau=args.tau)
     rebuilt = evaluate.reconstruction_scores(captioner, clip, held_out)
     print(f"decoder on {len(held_out)} held-out grammar sentences, decoded from their own embeddings: "

@@ -95,9 +95,7 @@ class _EncodeBatches(beam.DoFn):
         self._clip = self._shared.acquire(self._load, tag=(self._clip_model, self._clip_checkpoint))
 
     def _load(self) -> ClipModel:
-        if self._clip_checkpoint is None:
-            torch.manual_seed(0)  # random weights (benchmarks): the same in every worker and every run
-        return load_clip(self._clip_model, self._clip_checkpoint)
+        return load_clip(self._clip_model, self._clip_checkpoint)  # no checkpoint: seeded random weights
 
     def process(self, element: tuple[Any, list[corpus.Sentence]]) -> Iterator[tuple[Any, list[corpus.Sentence], np.ndarray]]:
         key, sentences = element
