@@ -2,8 +2,8 @@
 
 Each holds the decoder as ``decoder.safetensors`` + ``decoder.json`` (``decap_core.checkpoint``)
 and ``trainer.pt``: step, optimizer and scheduler state and the torch RNG, plain tensors and
-numbers only, read back with ``torch.load(weights_only=True)``. ``trainer.pt`` is written last, so
-a checkpoint without it (a run killed while writing) is ignored; resuming takes the newest whole one.
+numbers only, read back with ``torch.load(weights_only=True)``. ``trainer.pt`` is written last (by a
+rename), so a checkpoint without it (a run killed while writing) is ignored; resuming takes the newest whole one.
 """
 from __future__ import annotations
 
@@ -30,8 +30,10 @@ def save_checkpoint(out: str, bundle: DecoderBundle, state: dict[str, Any], keep
     save_decoder(bundle, directory)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    with fsspec.open(f"{directory}/{TRAINER_STATE}", "wb") as handle:
+    fs, path = fsspec.core.url_to_fs(f"{directory}/{TRAINER_STATE}")
+    with fs.open(f"{path}.partial", "wb") as handle:
         handle.write(buffer.getvalue())
+    fs.mv(f"{path}.partial", path)  # a rename: a run killed while writing leaves no half trainer.pt
     fs, root = fsspec.core.url_to_fs(f"{out.rstrip('/')}/{CHECKPOINTS}")
     for old in sorted(fs.glob(f"{root}/step-*"))[:-keep]:
         fs.rm(old, recursive=True)

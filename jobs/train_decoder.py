@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import json
 import os
+import posixpath
 import sys
 import time
 from contextlib import nullcontext
@@ -139,17 +140,16 @@ class Trainer:
 
     def fit(self, batches: Iterator[Batch], after_step: Callable[[int], None] | None = None) -> float:
         """Train until ``settings.steps``; returns the last smoothed loss. Progress on rank 0."""
-        progress = tqdm(total=self.settings.steps, initial=self.step, desc="train-decoder", unit="step",
-                        disable=not self.runtime.is_main)
         smoothed = float("nan")
-        while self.step < self.settings.steps:
-            loss, accuracy = self.train_step(batches)
-            smoothed = loss if smoothed != smoothed else 0.95 * smoothed + 0.05 * loss
-            progress.update(1)
-            progress.set_postfix(loss=f"{smoothed:.3f}", tok_acc=f"{accuracy:.3f}")
-            if after_step is not None:
-                after_step(self.step)
-        progress.close()
+        with tqdm(total=self.settings.steps, initial=self.step, desc="train-decoder", unit="step",
+                  disable=not self.runtime.is_main) as progress:
+            while self.step < self.settings.steps:
+                loss, accuracy = self.train_step(batches)
+                smoothed = loss if smoothed != smoothed else 0.95 * smoothed + 0.05 * loss
+                progress.update(1)
+                progress.set_postfix(loss=f"{smoothed:.3f}", tok_acc=f"{accuracy:.3f}")
+                if after_step is not None:
+                    after_step(self.step)
         return smoothed
 
 
@@ -215,7 +215,8 @@ def open_shards(args: argparse.Namespace) -> tuple[shard_files.ShardSet, shard_f
     """The train and validation shard sets, checked against one CLIP fingerprint."""
     expected = load_clip(args.clip_model, args.clip_checkpoint).fingerprint if args.clip_checkpoint else None
     train = shard_files.ShardSet.open(args.train, expected)
-    validation = args.validation or train.metadata.get("validation_pattern")
+    beside = posixpath.dirname(train.urls[0])  # default: the held-out shards make-shards wrote beside them
+    validation = args.validation or [f"{beside}/{s['name']}" for s in train.metadata["shards"] if s["name"].startswith("valid-")]
     if not validation:
         raise DecapError("no validation shards: pass --validation (make-shards writes them with --validation-samples)")
     valid = shard_files.ShardSet.open(validation, train.metadata["clip_fingerprint"])
@@ -329,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefix-noise", type=float, default=0.0, help="std of Gaussian noise on prefixes (CapDec)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="shard loader processes per rank")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's; on a busy machine 1 can be several times faster)")
     parser.add_argument("--shuffle-buffer", type=int, default=5000, help="samples per worker's shuffle buffer")
     parser.add_argument("--min-count", type=int, default=1, help="fewest occurrences for a token to enter the vocabulary")
     parser.add_argument("--validate-every", type=int, default=500)
@@ -344,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.train:
         summary = train_from_shards(args)
         if int(os.environ.get("RANK", "0")) == 0:

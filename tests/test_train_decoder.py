@@ -1,0 +1,135 @@
+"""train-decoder from shards: resume after SIGKILL, torchrun with two gloo ranks, bad shards, CLIP checks."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from decap_core import toyworld
+from decap_core.checkpoint import load_decoder
+from decap_core.errors import DecapError
+from jobs import cli, train_decoder
+from pipelines import make_train_shards
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """1,000 toy sentences in four train shards and one held-out shard (random-weight toy CLIP)."""
+    root = tmp_path_factory.mktemp("train-shards")
+    (root / "corpus.txt").write_text("\n".join(toyworld.sentences(1, "decoder", 1000)) + "\n")
+    metadata = make_train_shards.run(["--input", str(root / "corpus.txt"), "--output", str(root / "shards"),
+                                      "--samples-per-shard", "240", "--validation-samples", "64", "--runner=FnApiRunner"])
+    assert len(metadata["shards"]) == 5
+    return root / "shards", metadata
+
+
+def train_args(metadata, out, steps=30, *extra):
+    return ["--train", metadata["train_pattern"], "--out", str(out), "--steps", str(steps), "--batch-size", "16",
+            "--warmup", "5", "--workers", "1", "--shuffle-buffer", "100", "--validate-every", "1000",
+            "--checkpoint-every", "10", "--validation-sentences", "16", "--threads", "1", *extra]
+
+
+def summary(out):
+    return json.loads((out / train_decoder.SUMMARY).read_text())
+
+
+def test_sigkilled_run_resumes_to_the_planned_step_and_the_same_loss(shards, tmp_path):
+    _, metadata = shards
+    train_decoder.main(train_args(metadata, tmp_path / "whole"))
+    whole = summary(tmp_path / "whole")["validation"][-1]
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "jobs.train_decoder", *train_args(metadata, out)]
+    process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step-00000010" / "trainer.pt").exists():
+        assert process.poll() is None and time.time() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the trainer and its loader worker
+    assert process.wait() == -signal.SIGKILL
+    assert not (out / "decoder.json").exists()
+
+    train_decoder.main(train_args(metadata, out, 30, "--resume"))
+    resumed = summary(out)
+    assert resumed["steps"] == 30 and load_decoder(str(out)).info["steps"] == 30
+    final = resumed["validation"][-1]["loss"]
+    assert abs(final - whole["loss"]) / whole["loss"] < 0.05, (final, whole)
+    with pytest.raises(DecapError, match="already holds checkpoints"):
+        train_decoder.main(train_args(metadata, out, 40))
+
+
+def test_torchrun_two_gloo_ranks_read_different_shards(shards, tmp_path):
+    _, metadata = shards
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "jobs.train_decoder", *train_args(metadata, tmp_path, 6)]
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    seen = summary(tmp_path)["shards_seen_by_rank"]
+    assert summary(tmp_path)["world_size"] == 2 and sorted(seen) == ["0", "1"]
+    assert seen["0"] and seen["1"] and not set(seen["0"]) & set(seen["1"])
+    assert load_decoder(str(tmp_path)).info["steps"] == 6
+
+
+@pytest.fixture
+def damaged(shards, tmp_path):
+    """A copy of the shards with train-000001 missing and train-000002 cut in half."""
+    source, metadata = shards
+    copy = tmp_path / "shards"
+    shutil.copytree(source, copy)
+    (copy / "train-000001.tar").unlink()
+    cut = copy / "train-000002.tar"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    pattern = metadata["train_pattern"].replace(str(source), str(copy))
+    return copy, {**metadata, "train_pattern": pattern, "validation_pattern": str(copy / "valid-000000.tar")}
+
+
+def test_a_missing_or_damaged_shard_stops_the_run_with_its_url(damaged, tmp_path, capsys):
+    copy, metadata = damaged
+    for workers, name, message in (("0", "train-000001.tar", "shard missing"), ("1", "train-000002.tar", "shard damaged")):
+        only = metadata["train_pattern"].rsplit("/", 1)[0] + "/" + name
+        code = cli.main(["train-decoder", *train_args({"train_pattern": only}, tmp_path / name, 3,
+                                                      "--workers", workers, "--validation", metadata["validation_pattern"])])
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # not the progress bar
+        assert code == 1 and len(errors) == 1 and f"error: {message}: {copy / name}" in errors[0]
+
+
+def test_skip_bad_shards_warns_and_trains_on_the_rest(damaged, tmp_path, caplog):
+    copy, metadata = damaged
+    # 12 steps of 64 read more than the 601 good samples: every shard is visited
+    train_decoder.main(train_args(metadata, tmp_path, 12, "--workers", "0", "--skip-bad-shards", "--batch-size", "64"))
+    warned = " ".join(record.getMessage() for record in caplog.records)
+    assert f"shard missing: {copy}/train-000001.tar" in warned and f"shard damaged: {copy}/train-000002.tar" in warned
+    assert summary(tmp_path)["steps"] == 12
+    assert {f"{copy}/train-00000{i}.tar" for i in (0, 3)} <= set(summary(tmp_path)["shards_seen_by_rank"]["0"])
+    only_bad = metadata["train_pattern"].rsplit("/", 1)[0] + "/train-000001.tar"
+    with pytest.raises(DecapError, match="no usable samples"):
+        train_decoder.main(train_args({"train_pattern": only_bad}, tmp_path / "bad", 3, "--workers", "0",
+                                      "--skip-bad-shards", "--validation", metadata["validation_pattern"]))
+
+
+def test_shards_of_another_clip_are_refused(shards, tmp_path):
+    source, metadata = shards
+    torch.manual_seed(1)
+    other = open_clip.create_model("toy-clip", pretrained=None)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(DecapError, match="made with CLIP toy-clip:random, not toy-clip:"):
+        train_decoder.main(train_args(metadata, tmp_path / "a", 3, "--clip-checkpoint", str(tmp_path / "other.safetensors")))
+    foreign = tmp_path / "foreign"
+    shutil.copytree(source, foreign)
+    vocab = json.loads((foreign / "vocab.json").read_text())
+    (foreign / "vocab.json").write_text(json.dumps({**vocab, "clip_fingerprint": "ViT-B-32:0123"}))
+    mixed = f"{source}/train-000000.tar::{foreign}/train-000001.tar"
+    with pytest.raises(DecapError, match="ViT-B-32:0123"):
+        train_decoder.main(train_args({"train_pattern": mixed}, tmp_path / "b", 3,
+                                      "--validation", metadata["validation_pattern"]))
