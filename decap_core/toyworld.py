@@ -178,6 +178,23 @@ def _regular_polygon(
     ]
 
 
+def rebind(scene: Scene, rng: np.random.Generator) -> Scene:
+    """A hard negative: the same layout with the shapes dealt to other colours.
+
+    The twin holds the same colours and shapes bound differently (or, where no reshuffle changes
+    anything, one object's shape replaced), so telling the two apart needs colour-shape binding.
+    """
+    shapes = [o.shape for o in scene.objects]
+    if len(set(shapes)) > 1:
+        while (new := [shapes[i] for i in rng.permutation(len(shapes))]) == shapes:
+            pass
+    else:
+        new = list(shapes)
+        new[0] = str(rng.choice([s for s in SHAPES if s != shapes[0]]))
+    objects = tuple(ToyObject(o.colour, shape, o.size, o.x, o.y, o.radius) for o, shape in zip(scene.objects, new))
+    return Scene(background=scene.background, objects=objects)
+
+
 def object_phrase(obj: ToyObject, with_size: bool) -> str:
     """``[size ]<colour> <shape>``."""
     return f"{obj.size} {obj.colour} {obj.shape}" if with_size else f"{obj.colour} {obj.shape}"
@@ -217,9 +234,16 @@ def scenes(seed: int, split: str, count: int, num_objects: int | None = None) ->
     return [sample_scene(rng, num_objects) for _ in range(count)]
 
 
-def pairs(seed: int, split: str = "clip") -> Iterator[tuple[Scene, str]]:
-    """An endless stream of (scene, caption) pairs for contrastive training."""
+def pairs(seed: int, split: str = "clip", rebound_twins: bool = True) -> Iterator[tuple[Scene, str]]:
+    """An endless stream of (scene, caption) pairs for contrastive training.
+
+    With ``rebound_twins`` every scene is followed by its ``rebind`` twin, so each batch holds hard
+    negatives that differ only in which colour goes with which shape.
+    """
     rng = split_rng(seed, split)
     while True:
         scene = sample_scene(rng)
         yield scene, caption(scene, rng)
+        if rebound_twins:
+            twin = rebind(scene, rng)
+            yield twin, caption(twin, rng)

@@ -62,3 +62,17 @@ def test_renders_at_any_size_with_object_colours(size):
     assert pixels.shape[0] == size * size
     colour = np.array(toyworld.COLOURS[scene.objects[0].colour])
     assert (np.abs(pixels - colour).sum(axis=1) < 10).sum() > 0.5 * np.pi * (scene.objects[0].radius * size) ** 2 * 0.3
+
+
+def test_rebound_twins_differ_only_in_binding():
+    rng = np.random.default_rng(0)
+    for scene in toyworld.scenes(4, "clip", 200):
+        twin = toyworld.rebind(scene, rng)
+        assert twin.object_set() != scene.object_set()
+        assert [(o.colour, o.size, o.x, o.y) for o in twin.objects] == [(o.colour, o.size, o.x, o.y) for o in scene.objects]
+        if len({o.shape for o in scene.objects}) > 1:
+            assert sorted(o.shape for o in twin.objects) == sorted(o.shape for o in scene.objects)
+    stream = toyworld.pairs(0)
+    first, second = next(stream), next(stream)
+    assert second[0].background == first[0].background and second[0].object_set() != first[0].object_set()
+    assert [o.colour for o in second[0].objects] == [o.colour for o in first[0].objects]
