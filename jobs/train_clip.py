@@ -55,7 +55,7 @@ def train_clip(
 ) -> dict[str, float]:
     """Train, save the state dict as safetensors at ``out``, and return the held-out report."""
     torch.manual_seed(seed)
-    model, _ = create_model(model_name)
+    model, _ = create_model(model_name, seed)
     model.logit_scale.data.fill_(math.log(FIXED_LOGIT_SCALE))
     model.logit_scale.requires_grad_(False)
     model.train()
