@@ -6,7 +6,7 @@ Both sides run in a fresh process with the toy CLIP (random weights: throughput 
 - pipeline: ``pipelines.build_memory.run`` on the in-process FnApiRunner: read, normalise, filter,
   dedupe, encode, write Parquet shards and the manifest;
 - loop: read the same files, drop repeated lines, encode in length-sorted batches of the same size
-  with ``encode_tokens_trimmed``; nothing written.
+  with ``encode_tokens_packed``; nothing written.
 
 Sentences/s counts input sentences over the whole wall time of each side, CLIP loading included.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from decap_core import toyworld
-from decap_core.clip import encode_tokens_trimmed, load_clip
+from decap_core.clip import encode_tokens_packed, load_clip
 
 BATCH_SIZE = 512
 MODEL = "toy-clip"
@@ -48,7 +48,7 @@ def encode_in_loop(corpus: Path) -> int:
     tokens = tokens[torch.argsort((tokens != 0).sum(1), stable=True)]
     with torch.no_grad():
         for batch in tokens.split(BATCH_SIZE):
-            encode_tokens_trimmed(clip.model, batch)
+            encode_tokens_packed(clip.model, batch)
     return len(tokens)
 
 

@@ -16,7 +16,9 @@ import torch
 
 BENCHMARKS = [
     "benchmarks.bench_text_encoding",
+    "benchmarks.bench_encode_step",
     "benchmarks.bench_memory",
+    "benchmarks.bench_training",
     "benchmarks.bench_decoding",
 ]
 

@@ -13,7 +13,7 @@ import torch
 from apache_beam.utils.shared import Shared
 
 from decap_core import corpus
-from decap_core.clip import ClipModel, encode_tokens_trimmed, load_clip
+from decap_core.clip import ClipModel, encode_tokens_packed, load_clip
 from decap_core.textnorm import LengthLimits, NormalisationOptions
 from decap_core.vocab import pad_batch
 
@@ -101,7 +101,7 @@ class _EncodeBatches(beam.DoFn):
         key, sentences = element
         tokens = torch.from_numpy(pad_batch([s.tokens for s in sentences]))
         with torch.no_grad():
-            embeddings = encode_tokens_trimmed(self._clip.model, tokens).float().numpy()
+            embeddings = encode_tokens_packed(self._clip.model, tokens).float().numpy()
         count("encoded", len(sentences))
         yield key, sentences, embeddings
 
@@ -109,8 +109,8 @@ class _EncodeBatches(beam.DoFn):
 class EncodeText(beam.PTransform):
     """``(key, [Sentence])`` batches -> ``(key, [Sentence], float32 [n, D] unit-norm embeddings)``.
 
-    The tokens carried by each ``Sentence`` are encoded with padding trimmed to the batch's
-    longest (``decap_core.clip.encode_tokens_trimmed``): the same numbers as open_clip's
+    The tokens carried by each ``Sentence`` are encoded without their padding, packed several to
+    a row (``decap_core.clip.encode_tokens_packed``): the same numbers as open_clip's
     ``encode_text``, without re-tokenising. A batch's rows keep their order.
     """
 

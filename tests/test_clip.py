@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from decap_core import toyworld
-from decap_core.clip import encode_tokens_trimmed, load_clip
+from decap_core.clip import encode_tokens_packed, load_clip, pack_lengths
 from decap_core.errors import DecapError
 
 SENTENCES = ["a red circle", "there is a small blue square, a large green star and a pink cross",
@@ -15,15 +15,37 @@ SENTENCES = ["a red circle", "there is a small blue square, a large green star a
 
 
 @pytest.mark.parametrize("name", ["ViT-B-32", "toy-clip"])
-def test_trimmed_text_encoding_equals_open_clip(name):
+def test_packed_text_encoding_equals_open_clip(name):
     torch.manual_seed(0)
     model = open_clip.create_model(name, pretrained=None).eval()
     tokens = open_clip.get_tokenizer(name)(SENTENCES + toyworld.sentences(0, "memory", 12))
     with torch.no_grad():
         expected = F.normalize(model.encode_text(tokens), dim=-1)
-        got = encode_tokens_trimmed(model, tokens)
-    assert tokens.shape[1] > int((tokens != 0).sum(1).max())  # padding really was trimmed
+        got = encode_tokens_packed(model, tokens)
+    lengths = (tokens != 0).sum(1).tolist()
+    packs = pack_lengths(lengths, tokens.shape[1])
+    assert len(packs) < len(lengths)  # several sentences really share a row
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_packing_holds_every_sentence_once_within_the_capacity():
+    lengths = [5, 77, 30, 30, 17, 1, 60, 12, 12, 12]
+    packs = pack_lengths(lengths, 77)
+    assert sorted(i for pack in packs for i in pack) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in pack) <= 77 for pack in packs)
+    assert len(packs) == 4  # 77 | 60+17 | 30+30+12+5 | 12+12+1: first fit decreasing
+
+
+def test_packed_encoding_of_one_sentence_and_of_one_cut_at_the_context():
+    torch.manual_seed(0)
+    model = open_clip.create_model("toy-clip", pretrained=None).eval()
+    texts = ["a red circle", " and ".join(["a small blue square next to a large green star"] * 6)]
+    tokens = open_clip.get_tokenizer("toy-clip")(texts)
+    assert int((tokens[1] != 0).sum()) == tokens.shape[1]  # the long one fills the whole context
+    with torch.no_grad():
+        expected = F.normalize(model.encode_text(tokens), dim=-1)
+        torch.testing.assert_close(encode_tokens_packed(model, tokens), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(encode_tokens_packed(model, tokens[:1]), expected[:1], atol=1e-5, rtol=0)
 
 
 def test_checkpoint_round_trips_through_open_clip(tmp_path):

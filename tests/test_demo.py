@@ -1,0 +1,29 @@
+"""The main job's command, reusing the session's briefly trained models (training is tested apart)."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+
+
+def test_demo_runs_end_to_end_and_reports(toy_models, tmp_path):
+    work = tmp_path / "demo"
+    (work / "clip").mkdir(parents=True)
+    shutil.copy(toy_models["clip"], work / "clip" / "toy-clip.safetensors")
+    shutil.copytree(toy_models["decoder"], work / "decoder")
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "demo", "--workdir", str(work), "--eval-images", "24",
+         "--memory-sentences", "400", "--taus", "0.01,0.1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "reusing the toy CLIP" in result.stdout and "reusing the decoder" in result.stdout
+    for strategy in ("pd", "nnd", "clipre", "vd"):
+        assert f"\n{strategy} " in result.stdout
+    captions = pq.read_table(work / "captions.parquet").to_pylist()
+    assert len(captions) == 24 * 4 and {r["strategy"] for r in captions} == {"pd", "nnd", "clipre", "vd"}
+    report = json.loads((work / "report.json").read_text())
+    assert 0 <= report["memory_coverage"] <= 1
+    assert {row["tau"] for row in report["table"] if row["strategy"] == "pd"} == {0.01, 0.1}
+    assert (work / "tau_sweep.png").stat().st_size > 10_000
