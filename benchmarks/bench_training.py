@@ -20,7 +20,7 @@ from decap_core.memory import SupportMemory
 from jobs import evaluate, train_clip, train_decoder
 from pipelines import make_train_shards
 
-SENTENCES, HELD_OUT, STEPS, BATCH, THROUGHPUT_STEPS = 30000, 1000, 1200, 128, 60
+SENTENCES, HELD_OUT, STEPS, BATCH, LR, THROUGHPUT_STEPS = 30000, 1000, 2400, 128, 2e-3, 60
 
 
 def _clip_checkpoint(work: str) -> str:
@@ -34,7 +34,7 @@ def _clip_checkpoint(work: str) -> str:
 def _train(shards: dict, out: str, steps: int) -> float:
     started = time.perf_counter()
     train_decoder.main(["--train", shards["train_pattern"], "--validation", shards["validation_pattern"], "--out", out,
-                        "--steps", str(steps), "--batch-size", str(BATCH), "--workers", "1", "--threads", "1",
+                        "--steps", str(steps), "--batch-size", str(BATCH), "--lr", str(LR), "--workers", "1", "--threads", "1",
                         "--validate-every", str(steps), "--checkpoint-every", str(steps)])
     return time.perf_counter() - started
 
@@ -66,7 +66,8 @@ def run() -> str:
         "",
         f"- make-shards: {shards['samples']['train']} train + {shards['samples']['valid']} held-out sentences "
         f"encoded and written in {shard_seconds:.0f} s",
-        f"- {STEPS} steps from shards in {train_seconds / 60:.1f} min; on {HELD_OUT} held-out grammar sentences "
+        f"- {STEPS} steps (lr {LR:g}) from shards in {train_seconds / 60:.1f} min (with make-shards: "
+        f"{(shard_seconds + train_seconds) / 60:.1f} min); on {HELD_OUT} held-out grammar sentences "
         f"decoded from their own embeddings: same objects {scores['same_objects']:.1%}, with sizes "
         f"{scores['same_sized_objects']:.1%}, exact sentence {scores['exact']:.1%}",
         "",

@@ -18,8 +18,8 @@ BENCHMARKS = [
     "benchmarks.bench_text_encoding",
     "benchmarks.bench_encode_step",
     "benchmarks.bench_memory",
-    "benchmarks.bench_training",
     "benchmarks.bench_decoding",
+    "benchmarks.bench_training",  # last: it sets torch to one thread
 ]
 
 

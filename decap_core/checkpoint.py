@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
-import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 

@@ -17,6 +17,7 @@ import torch
 
 from decap_core.errors import DecapError
 from decap_core.memory import SupportMemory
+from decap_core.metadata_files import read_metadata, write_metadata
 
 MANIFEST = "manifest.json"
 FORMAT = "decap-support-memory/1"
@@ -57,23 +58,16 @@ def write_shard(
 
 
 def write_manifest(directory: str, manifest: dict[str, Any]) -> None:
-    with fsspec.open(f"{directory.rstrip('/')}/{MANIFEST}", "w") as handle:
-        json.dump({"format": FORMAT, **manifest}, handle, indent=1, sort_keys=True)
+    write_metadata(f"{directory.rstrip('/')}/{MANIFEST}", FORMAT, manifest)
 
 
 def read_manifest(directory: str) -> dict[str, Any]:
     """The manifest of a built memory, or a clear error when the directory is not one."""
-    url = f"{directory.rstrip('/')}/{MANIFEST}"
-    try:
-        with fsspec.open(url, "r") as handle:
-            manifest = json.load(handle)
-    except FileNotFoundError:
-        raise DecapError(f"{directory} is not a built support memory (no {MANIFEST}; was the build finished?)") from None
-    except (OSError, ValueError) as error:
-        raise DecapError(f"memory manifest {url} is unreadable: {error}") from None
-    if manifest.get("format") != FORMAT:
-        raise DecapError(f"{url} is not a support-memory manifest (format {manifest.get('format')!r})")
-    return manifest
+    return read_metadata(
+        f"{directory.rstrip('/')}/{MANIFEST}", FORMAT,
+        missing=f"{directory} is not a built support memory (no {MANIFEST}; was the build finished?)",
+        what="support-memory manifest",
+    )
 
 
 def write_dead_letters(url: str, letters: Sequence[Sequence[str]]) -> None:

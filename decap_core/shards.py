@@ -11,7 +11,6 @@ training shards (from which the trainer builds its compact vocabulary).
 from __future__ import annotations
 
 import io
-import json
 import logging
 import posixpath
 import tarfile
@@ -26,6 +25,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from webdataset.writer import TarWriter
 
 from decap_core.errors import DecapError
+from decap_core.metadata_files import read_metadata, write_metadata
 from decap_core.vocab import END_ID, START_ID, CompactVocab
 
 VOCAB_FILE = "vocab.json"
@@ -81,23 +81,16 @@ def write_shard(url: str, samples: Sequence[Sample], emb_dtype: str) -> None:
 
 
 def write_vocab(directory: str, metadata: dict[str, Any]) -> None:
-    with fsspec.open(f"{directory.rstrip('/')}/{VOCAB_FILE}", "w") as handle:
-        json.dump({"format": FORMAT, **metadata}, handle, indent=1, sort_keys=True)
+    write_metadata(f"{directory.rstrip('/')}/{VOCAB_FILE}", FORMAT, metadata)
 
 
 def read_vocab(directory: str) -> dict[str, Any]:
     """The ``vocab.json`` of a shard directory, or one clear error."""
-    url = f"{directory.rstrip('/')}/{VOCAB_FILE}"
-    try:
-        with fsspec.open(url, "r") as handle:
-            metadata = json.load(handle)
-    except FileNotFoundError:
-        raise DecapError(f"{directory} holds no finished train shards (no {VOCAB_FILE}; did make-shards finish?)") from None
-    except (OSError, ValueError) as error:
-        raise DecapError(f"{url} is unreadable: {error}") from None
-    if metadata.get("format") != FORMAT:
-        raise DecapError(f"{url} is not a train-shards vocab.json (format {metadata.get('format')!r})")
-    return metadata
+    return read_metadata(
+        f"{directory.rstrip('/')}/{VOCAB_FILE}", FORMAT,
+        missing=f"{directory} holds no finished train shards (no {VOCAB_FILE}; did make-shards finish?)",
+        what="train-shards vocab.json",
+    )
 
 
 def compact_vocab(metadata: dict[str, Any], min_count: int = 1) -> CompactVocab:
