@@ -1,4 +1,4 @@
-"""The in-process captioning path on briefly trained toy models: files in, Parquet out."""
+"""The in-process captioning path on the demo's toy models: files in, Parquet out, and quality."""
 import subprocess
 import sys
 
@@ -52,19 +52,19 @@ def test_caption_command_writes_captions_and_dead_letters(toy_models, image_dir,
     assert "cannot decode image" in dead[0]["error"]
     pd_rows = [r for r in captions if r["strategy"] == "pd"]
     scores = metrics.object_scores([r["caption"] for r in pd_rows], [truths[r["key"]] for r in pd_rows])
-    assert scores["object_recall"] > 0.3, scores  # briefly trained models still name objects
+    assert scores["object_recall"] > 0.5, scores  # the demo's models gave 71% on these 40 images
 
 
 def test_projection_beats_decoding_the_image_embedding(toy_models):
     clip = load_clip("toy-clip", toy_models["clip"])
     decoder = load_decoder(toy_models["decoder"])
-    memory = SupportMemory.from_texts(clip, toyworld.sentences(0, "memory", 1500))
-    scenes = toyworld.scenes(6, "eval", 80)
+    memory = SupportMemory.from_texts(clip, toyworld.sentences(0, "memory", 2000))
+    scenes = toyworld.scenes(6, "eval", 200)
     embeddings = clip.encode_images([toyworld.render(s, 128) for s in scenes])
-    # tau 0.03: the toy CLIP's best in the demo's sweep
+    # tau 0.03: the toy CLIP's best in the demo's sweep; the demo's models gave pd 72%, vd 46% here
     rows = evaluate.evaluate(Captioner(decoder, memory, tau=0.03), embeddings, [s.object_set() for s in scenes])
     recall = {r["strategy"]: r["object_recall"] for r in rows}
-    assert recall["pd"] > recall["vd"] + 0.2, rows  # the modality gap's harm, and projection's cure
+    assert recall["pd"] > recall["vd"] + 0.15, rows  # the modality gap's harm, and projection's cure
 
 
 def test_captioner_refuses_mismatched_inputs(toy_models):
