@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmark modules")
     parser.add_argument("--output", default="BENCHMARKS.md")
     args = parser.parse_args(argv)
+    machine = describe_machine()  # before any benchmark changes torch's thread count
     sections = []
     for name in args.only or BENCHMARKS:
         started = time.time()
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name} done in {time.time() - started:.0f} s", flush=True)
     command = " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])])
     text = (f"# Benchmarks\n\nWritten by `{command}` on {time.strftime('%Y-%m-%d')}. The machine:\n\n"
-            f"{describe_machine()}\n\nThe machine is shared and noisy: read the ratios, not the absolutes.\n\n"
+            f"{machine}\n\nThe machine is shared and noisy: read the ratios, not the absolutes.\n\n"
             + "\n\n".join(sections) + "\n")
     with open(args.output, "w") as handle:
         handle.write(text)
