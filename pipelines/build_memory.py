@@ -90,22 +90,27 @@ class DedupeAndBatch(beam.DoFn):
             yield (shard, number), batch
 
 
+def key_encoded_by_shard(encoded: tuple) -> tuple[int, tuple[list[tuple[str, str, str]], np.ndarray]]:
+    """An encoded batch as ``(shard, ([(id, text, source)], embeddings))``: the tokens stay behind."""
+    (shard, _), sentences, embeddings = encoded
+    return shard, ([(s.id, s.text, s.source) for s in sentences], embeddings)
+
+
 class WriteShard(beam.DoFn):
     """All encoded batches of one shard -> ``memory-SSSSS-of-NNNNN.parquet``, rows sorted by id."""
 
     def __init__(self, output: str, num_shards: int):
         self._output, self._num_shards = output, num_shards
 
-    def process(self, element: tuple[int, Iterable[tuple]]) -> Iterator[dict]:
+    def process(self, element: tuple[int, Iterable[tuple[list[tuple[str, str, str]], np.ndarray]]]) -> Iterator[dict]:
         shard, encoded = element
         batches = list(encoded)
-        rows = [sentence for _, sentences, _ in batches for sentence in sentences]
-        by_id = sorted(range(len(rows)), key=lambda i: rows[i].id)
-        rows = [rows[i] for i in by_id]
-        embeddings = np.concatenate([e for _, _, e in batches])[by_id]
+        rows = [row for row_batch, _ in batches for row in row_batch]
+        by_id = sorted(range(len(rows)), key=lambda i: rows[i][0])
+        ids, texts, sources = zip(*(rows[i] for i in by_id))
+        embeddings = np.concatenate([e for _, e in batches])[by_id]
         name = memory_files.shard_name(shard, self._num_shards)
-        memory_files.write_shard(f"{self._output}/{name}", [r.id for r in rows], [r.text for r in rows],
-                                 embeddings, [r.source for r in rows])
+        memory_files.write_shard(f"{self._output}/{name}", list(ids), list(texts), embeddings, list(sources))
         count("kept", len(rows))
         yield {"name": name, "rows": len(rows)}
 
@@ -264,7 +269,7 @@ def run(argv: list[str] | None = None) -> dict:
             batches.batches
             | "SpreadBatches" >> beam.Reshuffle()
             | "EncodeText" >> EncodeText(args.clip_model, args.clip_checkpoint)
-            | "KeyBatchByShard" >> beam.Map(lambda encoded: (encoded[0][0], encoded))
+            | "KeyBatchByShard" >> beam.Map(key_encoded_by_shard)
             | "GatherShards" >> beam.GroupByKey()
             | "WriteShards" >> beam.ParDo(WriteShard(output, num_shards))
         )
