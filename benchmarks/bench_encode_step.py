@@ -4,10 +4,10 @@ Both run the same length-sorted token batches of toy-grammar sentences through t
 (random weights: throughput only) on the in-process FnApiRunner, each in a fresh process:
 
 - shared DoFn (what the pipelines use): batches made by the pipeline (length-sorted within a
-  shard, so padding trims away), one CLIP per worker process through ``apache_beam.utils.shared``;
+  shard), one CLIP per worker process through ``apache_beam.utils.shared``;
 - RunInference: the same sentences as single elements, batched by RunInference's own
   ``BatchElements`` (fixed size, as build-memory's batches), through a ``ModelHandler`` that
-  loads the CLIP once per worker and encodes with trimmed padding.
+  loads the CLIP once per worker and encodes with packed tokens.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ MODEL = "toy-clip"
 BATCH_SIZE = 512
 
 
-class TrimmedClipHandler(ModelHandler[np.ndarray, PredictionResult, ClipModel]):
-    """Token rows in, unit-norm text embeddings out, padding trimmed per batch."""
+class PackedClipHandler(ModelHandler[np.ndarray, PredictionResult, ClipModel]):
+    """Token rows in, unit-norm text embeddings out, encoded with packed tokens."""
 
     def load_model(self) -> ClipModel:
         return load_clip(MODEL)
@@ -69,7 +69,7 @@ def encode_with_run_inference(rows: list[list[int]]) -> int:
     with beam.Pipeline(runner="FnApiRunner") as pipeline:
         _ = (pipeline
              | "Rows" >> beam.Create([np.asarray(row, dtype=np.int64) for row in rows], reshuffle=False)
-             | "Encode" >> RunInference(TrimmedClipHandler())
+             | "Encode" >> RunInference(PackedClipHandler())
              | "Count" >> beam.combiners.Count.Globally())
     return len(rows)
 

@@ -41,7 +41,7 @@ def write_corpus(directory: Path, sentences: int, files: int) -> list[Path]:
 
 
 def encode_in_loop(corpus: Path) -> int:
-    """The baseline: distinct lines, length-sorted batches, trimmed encoding; returns rows encoded."""
+    """The baseline: distinct lines, length-sorted batches, packed encoding; returns rows encoded."""
     lines = [line for path in sorted(corpus.glob("*.txt")) for line in path.read_text().splitlines()]
     clip = load_clip(MODEL)
     tokens = clip.tokenize(list(dict.fromkeys(lines)))
@@ -85,7 +85,7 @@ def run(sentences: int = 1_000_000, files: int = 8) -> str:
         f"{sentences:,} toy-grammar sentences in {files} text files, {pipeline['rows']:,} distinct; "
         f"toy CLIP ({MODEL}, random weights), batches of {BATCH_SIZE}; each side in a fresh process. "
         "Pipeline: `pipelines.build_memory.run` on the in-process FnApiRunner (one worker), "
-        "16 Parquet shards + manifest. Loop: read, drop repeats, length-sorted trimmed encoding, no output.\n\n"
+        "16 Parquet shards + manifest. Loop: read, drop repeats, length-sorted packed encoding, no output.\n\n"
         "| side | wall s | sentences/s | share of loop | peak RSS MiB |\n|---|---|---|---|---|\n"
         f"| plain loop | {loop['seconds']:.0f} | {rate['loop']:,.0f} | 100% | {loop['peak_rss_mib']:,.0f} |\n"
         f"| build-memory pipeline | {pipeline['seconds']:.0f} | {rate['pipeline']:,.0f} | "

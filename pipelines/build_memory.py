@@ -65,8 +65,8 @@ class DedupeAndBatch(beam.DoFn):
 
     Duplicates share an id, so they share a shard: deduping within a shard is global. The kept
     copy is the one with the smallest source, so reruns choose the same. Rows are batched in
-    (token count, id) order: a batch then trims its padding to nearly every row's length, and
-    the same batches every run make the encoded numbers identical from run to run.
+    (token count, id) order: the same batches every run make the encoded numbers identical from
+    run to run.
     """
 
     STATS = "stats"
