@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 import fsspec
+import torch
 
 from decap_core import projection
 from decap_core.captioner import Captioner
@@ -39,10 +40,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="projection strategy (repeat for several; default pd)")
     parser.add_argument("--tau", type=float, default=projection.DEFAULT_TAU)
     parser.add_argument("--beam-width", type=int, default=1)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     parser.add_argument("--out", required=True, help="Parquet URL; dead letters go beside it")
     args = parser.parse_args(argv)
-    decoder = load_decoder(args.decoder)
-    clip = load_clip(args.clip_model, args.clip_checkpoint)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    decoder = load_decoder(args.decoder, device)
+    clip = load_clip(args.clip_model, args.clip_checkpoint, device)
     if args.memory:
         memory = load_memory(args.memory, clip.fingerprint)
     else:
