@@ -7,6 +7,7 @@ bridge, which would make the toy world useless for measuring it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import time
@@ -14,11 +15,12 @@ import time
 import fsspec
 import open_clip
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
 from tqdm import tqdm
 
 from decap_core import toyeval, toyworld
-from decap_core.clip import create_model, load_clip
+from decap_core.clip import create_model, encode_tokens_packed, load_clip
 from decap_core.optim import adamw, warmup_cosine
 
 FIXED_LOGIT_SCALE = 100.0
@@ -31,12 +33,17 @@ class ToyPairs(torch.utils.data.IterableDataset):
         self.model_name, self.seed, self.batch_size, self.render_size = model_name, seed, batch_size, render_size
 
     def __iter__(self):
-        torch.set_num_threads(1)  # one core renders while the other trains
+        worker = torch.utils.data.get_worker_info()
+        rank, workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        if worker:
+            torch.set_num_threads(1)  # each loader process renders on one core
         _, preprocess = create_model(self.model_name)
         tokenizer = open_clip.get_tokenizer(self.model_name)
         stream = toyworld.pairs(self.seed, "clip")
-        while True:
+        for index in itertools.count():
             batch = [next(stream) for _ in range(self.batch_size)]
+            if index % workers != rank:  # loader processes take turns: the same batches in the same order
+                continue
             pixels = torch.stack([preprocess(toyworld.render(scene, self.render_size, supersample=2)) for scene, _ in batch])
             yield pixels, tokenizer([text for _, text in batch])
 
@@ -52,10 +59,17 @@ def train_clip(
     seed: int = 0,
     render_size: int = 128,
     eval_count: int = 300,
+    workers: int = 1,
+    device: str | None = None,
 ) -> dict[str, float]:
-    """Train, save the state dict as safetensors at ``out``, and return the held-out report."""
+    """Train, save the state dict as safetensors at ``out``, and return the held-out report.
+
+    ``workers`` loader processes render the pairs; ``device`` defaults to CUDA when there is one.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
     model, _ = create_model(model_name, seed)
+    model.to(device, memory_format=torch.channels_last)  # faster convolutions, on the CPU too
     model.logit_scale.data.fill_(math.log(FIXED_LOGIT_SCALE))
     model.logit_scale.requires_grad_(False)
     model.train()
@@ -63,14 +77,16 @@ def train_clip(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup))
     loss_fn = open_clip.ClipLoss()
     loader = torch.utils.data.DataLoader(
-        ToyPairs(model_name, seed, batch_size, render_size), batch_size=None, num_workers=1,
-        multiprocessing_context="spawn", prefetch_factor=4,
+        ToyPairs(model_name, seed, batch_size, render_size), batch_size=None, num_workers=workers,
+        multiprocessing_context="spawn", prefetch_factor=4, pin_memory=device.type == "cuda",
     )
     progress = tqdm(zip(range(steps), loader), total=steps, desc="train-clip", unit="step")
     started = time.time()
     for _, (pixels, tokens) in progress:
-        image_features, text_features, logit_scale = model(pixels, tokens)
-        loss = loss_fn(image_features, text_features, logit_scale)
+        pixels, tokens = pixels.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+        image_features = F.normalize(model.encode_image(pixels.contiguous(memory_format=torch.channels_last)), dim=-1)
+        text_features = encode_tokens_packed(model, tokens)  # real tokens only: no compute on padding
+        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -79,7 +95,7 @@ def train_clip(
         progress.set_postfix(loss=f"{loss.item():.3f}")
     with fsspec.open(out, "wb") as handle:
         handle.write(save_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}))
-    clip = load_clip(model_name, out)
+    clip = load_clip(model_name, out, device=str(device))
     report = toyeval.clip_report(clip, seed, count=eval_count)
     report["train_seconds"] = time.time() - started
     return report
@@ -107,9 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="loader processes rendering the pairs")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     args = parser.parse_args(argv)
     report = train_clip(args.out, args.clip_model, args.steps, args.batch_size, args.lr,
-                        weight_decay=args.weight_decay, seed=args.seed)
+                        weight_decay=args.weight_decay, seed=args.seed, workers=args.workers, device=args.device)
     print(format_report(report))
     print(json.dumps(report))
 

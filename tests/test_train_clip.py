@@ -1,0 +1,22 @@
+"""The toy CLIP's training data: the same batches, in the same order, however many loader processes."""
+import itertools
+
+import torch
+
+from jobs.train_clip import ToyPairs
+
+
+def first_batches(workers: int, count: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    spawn = {"multiprocessing_context": "spawn"} if workers else {}
+    loader = torch.utils.data.DataLoader(ToyPairs("toy-clip", seed=3, batch_size=4, render_size=32),
+                                         batch_size=None, num_workers=workers, **spawn)
+    return list(itertools.islice(loader, count))
+
+
+def test_loader_processes_take_turns_without_changing_the_batches():
+    alone, shared = first_batches(0), first_batches(2)
+    assert len(alone) == len(shared) == 4
+    for (pixels_a, tokens_a), (pixels_b, tokens_b) in zip(alone, shared):
+        assert torch.equal(tokens_a, tokens_b)
+        assert torch.equal(pixels_a, pixels_b)
+    assert not torch.equal(alone[0][1], alone[1][1])  # consecutive batches differ: no worker repeats another's
