@@ -28,7 +28,7 @@ from decap_core.clip import load_clip
 from decap_core.errors import DecapError
 from decap_core.textnorm import LengthLimits, NormalisationOptions, sentence_id, shard_of
 from decap_core.vocab import clip_token_ids
-from pipelines.common import DEAD, EncodeText, NormaliseAndFilter, ReadCorpus, batches_of, count
+from pipelines.common import DEAD, STATS, DistinctSentences, EncodeText, count
 
 DEFAULT_RUNNER = "FnApiRunner"
 INDEX_FILE = "index.faiss"
@@ -54,40 +54,6 @@ class BuildMemoryOptions(PipelineOptions):
         parser.add_argument("--max-tokens", type=int, default=None, help="most CLIP tokens (default: the context)")
         parser.add_argument("--index", default="none",
                             help="none, auto (flat below 1M rows, IVF-HNSW above), flat, or a faiss factory string")
-
-
-def key_by_shard(sentence: corpus.Sentence, num_shards: int) -> tuple[int, corpus.Sentence]:
-    return shard_of(sentence.id, num_shards), sentence
-
-
-class DedupeAndBatch(beam.DoFn):
-    """One shard's sentences -> its distinct ids as fixed batches ``((shard, n), rows)``.
-
-    Duplicates share an id, so they share a shard: deduping within a shard is global. The kept
-    copy is the one with the smallest source, so reruns choose the same. Rows are batched in
-    (token count, id) order: the same batches every run make the encoded numbers identical from
-    run to run.
-    """
-
-    STATS = "stats"
-
-    def __init__(self, batch_size: int):
-        self._batch_size = batch_size
-
-    def process(self, element: tuple[int, Iterable[corpus.Sentence]]) -> Iterator[Any]:
-        shard, sentences = element
-        first: dict[str, corpus.Sentence] = {}
-        seen = 0
-        for sentence in sentences:
-            seen += 1
-            kept = first.get(sentence.id)
-            if kept is None or sentence.source < kept.source:
-                first[sentence.id] = sentence
-        count("duplicates", seen - len(first))
-        yield beam.pvalue.TaggedOutput(self.STATS, {"shard": shard, "sentences": seen, "distinct": len(first)})
-        rows = sorted(first.values(), key=lambda sentence: (len(sentence.tokens), sentence.id))
-        for number, batch in enumerate(batches_of(rows, self._batch_size)):
-            yield (shard, number), batch
 
 
 def key_encoded_by_shard(encoded: tuple) -> tuple[int, tuple[list[tuple[str, str, str]], np.ndarray]]:
@@ -256,17 +222,10 @@ def run(argv: list[str] | None = None) -> dict:
     memory_files.begin_build(output, [ERRORS_DIR])
 
     with beam.Pipeline(options=options) as p:
-        read = p | "ReadCorpus" >> ReadCorpus(plan["inputs"], args.field)
-        prepared = read.records | "NormaliseAndFilter" >> NormaliseAndFilter(normalisation, limits)
-        batches = (
-            prepared.sentences
-            | "KeyByShard" >> beam.Map(key_by_shard, num_shards)
-            | "GroupByShard" >> beam.GroupByKey()
-            | "DedupeAndBatch" >> beam.ParDo(DedupeAndBatch(args.batch_size)).with_outputs(
-                DedupeAndBatch.STATS, main="batches")
-        )
+        distinct = p | "DistinctSentences" >> DistinctSentences(
+            plan["inputs"], args.field, normalisation, limits, num_shards, args.batch_size)
         shards = (
-            batches.batches
+            distinct["batches"]
             | "SpreadBatches" >> beam.Reshuffle()
             | "EncodeText" >> EncodeText(args.clip_model, args.clip_checkpoint)
             | "KeyBatchByShard" >> beam.Map(key_encoded_by_shard)
@@ -274,8 +233,7 @@ def run(argv: list[str] | None = None) -> dict:
             | "WriteShards" >> beam.ParDo(WriteShard(output, num_shards))
         )
         dead_files = (
-            (read[DEAD], prepared[DEAD])
-            | "CollectDeadLetters" >> beam.Flatten()
+            distinct[DEAD]
             | "KeyDeadLetters" >> beam.Map(key_dead_letter, num_shards)
             | "GroupDeadLetters" >> beam.GroupByKey()
             | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(output, num_shards))
@@ -286,7 +244,7 @@ def run(argv: list[str] | None = None) -> dict:
             | "CompleteMemory" >> beam.ParDo(
                 CompleteMemory(plan),
                 shards=beam.pvalue.AsList(shards),
-                stats=beam.pvalue.AsList(batches[DedupeAndBatch.STATS]),
+                stats=beam.pvalue.AsList(distinct[STATS]),
                 dead=beam.pvalue.AsList(dead_files),
             )
             | "BuildIndex" >> beam.ParDo(AddIndex(output, plan["index"]))

@@ -1,7 +1,7 @@
-"""Transforms shared by the pipelines that read, normalise and encode text corpora.
+"""Transforms shared by the pipelines that read, normalise, dedupe and encode text corpora.
 
-``ReadCorpus`` -> ``NormaliseAndFilter`` -> (group as the pipeline needs) -> ``EncodeText``.
-Refused inputs leave every step on the ``DEAD`` output as ``decap_core.corpus.DeadLetter``s.
+``DistinctSentences`` (read, normalise, filter, dedupe, batch) -> ``EncodeText``. Refused inputs
+leave on the ``DEAD`` output as ``decap_core.corpus.DeadLetter``s.
 """
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from apache_beam.utils.shared import Shared
 
 from decap_core import corpus
 from decap_core.clip import ClipModel, encode_tokens_packed, load_clip
-from decap_core.textnorm import LengthLimits, NormalisationOptions
+from decap_core.textnorm import LengthLimits, NormalisationOptions, shard_of
 from decap_core.vocab import pad_batch
 
 DEAD = "dead"
+STATS = "stats"
 NAMESPACE = "decap"
 
 
@@ -25,64 +26,97 @@ def count(name: str, value: int = 1) -> None:
     beam.metrics.Metrics.counter(NAMESPACE, name).inc(value)
 
 
-class _ReadFile(beam.DoFn):
-    def __init__(self, field: str):
-        self._field = field
+class _ReadAndPrepare(beam.DoFn):
+    """One corpus file -> its kept sentences as ``(group, [Sentence])`` lists, + ``DEAD`` records.
+
+    Sentences leave in lists of up to ``chunk`` per group rather than one element each, so the
+    shuffle that follows moves a few thousand elements instead of one per line: Beam's cost per
+    element is most of what a corpus of short lines costs besides encoding.
+    """
+
+    def __init__(self, field: str, options: NormalisationOptions, limits: LengthLimits, groups: int, chunk: int = 1024):
+        self._field, self._options, self._limits = field, options, limits
+        self._groups, self._chunk = groups, chunk
 
     def process(self, url: str) -> Iterator[Any]:
+        lists: dict[int, list[corpus.Sentence]] = {}
         records = 0
         for record in corpus.read_records(url, self._field):
             records += 1
+            if not isinstance(record, corpus.DeadLetter):
+                record = corpus.prepare(record, self._options, self._limits)
             if isinstance(record, corpus.DeadLetter):
                 yield beam.pvalue.TaggedOutput(DEAD, record)
-            else:
-                yield record
+                continue
+            group = shard_of(record.id, self._groups)
+            sentences = lists.setdefault(group, [])
+            sentences.append(record)
+            if len(sentences) == self._chunk:
+                yield group, lists.pop(group)
+        yield from lists.items()
         count("read", records)  # once a file: a counter update per line cost more than the read
 
 
-class ReadCorpus(beam.PTransform):
-    """Files (already expanded, see ``corpus.expand_inputs``) -> ``RawText`` records, + ``DEAD``.
+class DedupeAndBatch(beam.DoFn):
+    """One group's sentences -> its distinct ids as fixed batches ``((group, n), rows)``.
 
-    Files are spread over workers; each file is read by one worker, line by line.
+    Copies share an id, so they share a group: deduping within a group is global. The kept copy
+    is the one with the smallest source, so reruns choose the same. Rows are batched in
+    (token count, id) order: the same batches every run make the encoded numbers identical from
+    run to run.
     """
 
-    def __init__(self, files: Sequence[str], field: str = "text"):
+    def __init__(self, batch_size: int):
+        self._batch_size = batch_size
+
+    def process(self, element: tuple[int, Iterable[list[corpus.Sentence]]]) -> Iterator[Any]:
+        group, lists = element
+        first: dict[str, corpus.Sentence] = {}
+        seen = 0
+        for sentences in lists:
+            seen += len(sentences)
+            for sentence in sentences:
+                kept = first.get(sentence.id)
+                if kept is None or sentence.source < kept.source:
+                    first[sentence.id] = sentence
+        count("duplicates", seen - len(first))
+        yield beam.pvalue.TaggedOutput(STATS, {"shard": group, "sentences": seen, "distinct": len(first)})
+        rows = sorted(first.values(), key=lambda sentence: (len(sentence.tokens), sentence.id))
+        for number, batch in enumerate(batches_of(rows, self._batch_size)):
+            yield (group, number), batch
+
+
+class DistinctSentences(beam.PTransform):
+    """Corpus files -> their distinct sentences in fixed batches ``((group, n), [Sentence])``.
+
+    Each file is read, normalised and filtered by one worker (files are spread over workers);
+    sentences are grouped by ``hash(id) mod groups`` and deduped there. Outputs, by name:
+    ``batches``; ``STATS``, one ``{shard, sentences, distinct}`` per group; ``DEAD``, the refused
+    records as ``decap_core.corpus.DeadLetter``s.
+    """
+
+    def __init__(self, files: Sequence[str], field: str, options: NormalisationOptions, limits: LengthLimits,
+                 groups: int, batch_size: int):
         super().__init__()
-        self._files = list(files)
-        self._field = field
+        self._files, self._field = list(files), field
+        self._options, self._limits = options, limits
+        self._groups, self._batch_size = groups, batch_size
 
     def expand(self, pbegin):
-        return (
+        prepared = (
             pbegin
             | "ListFiles" >> beam.Create(self._files)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadLines" >> beam.ParDo(_ReadFile(self._field)).with_outputs(DEAD, main="records")
+            | "ReadAndPrepare" >> beam.ParDo(
+                _ReadAndPrepare(self._field, self._options, self._limits, self._groups)
+            ).with_outputs(DEAD, main="lists")
         )
-
-
-class _Prepare(beam.DoFn):
-    def __init__(self, options: NormalisationOptions, limits: LengthLimits):
-        self._options, self._limits = options, limits
-
-    def process(self, raw: corpus.RawText) -> Iterator[Any]:
-        result = corpus.prepare(raw, self._options, self._limits)
-        if isinstance(result, corpus.DeadLetter):
-            yield beam.pvalue.TaggedOutput(DEAD, result)
-        else:
-            yield result
-
-
-class NormaliseAndFilter(beam.PTransform):
-    """``RawText`` -> ``Sentence`` (normalised, id, CLIP tokens), + ``DEAD`` for refused texts."""
-
-    def __init__(self, options: NormalisationOptions, limits: LengthLimits):
-        super().__init__()
-        self._options, self._limits = options, limits
-
-    def expand(self, records):
-        return records | "Prepare" >> beam.ParDo(_Prepare(self._options, self._limits)).with_outputs(
-            DEAD, main="sentences"
+        deduped = (
+            prepared.lists
+            | "GroupById" >> beam.GroupByKey()
+            | "DedupeAndBatch" >> beam.ParDo(DedupeAndBatch(self._batch_size)).with_outputs(STATS, main="batches")
         )
+        return {"batches": deduped.batches, STATS: deduped[STATS], DEAD: prepared[DEAD]}
 
 
 class _EncodeBatches(beam.DoFn):

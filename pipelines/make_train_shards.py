@@ -32,9 +32,8 @@ from decap_core.clip import load_clip
 from decap_core.errors import DecapError
 from decap_core.textnorm import LengthLimits, NormalisationOptions
 from decap_core.vocab import clip_token_ids
-from pipelines.build_memory import (ERRORS_DIR, BuildMemoryOptions, DedupeAndBatch, WriteDeadLetters, key_by_shard,
-                                    key_dead_letter, pipeline_options)
-from pipelines.common import DEAD, EncodeText, NormaliseAndFilter, ReadCorpus, count
+from pipelines.build_memory import ERRORS_DIR, BuildMemoryOptions, WriteDeadLetters, key_dead_letter, pipeline_options
+from pipelines.common import DEAD, DistinctSentences, EncodeText, count
 
 DEDUPE_GROUPS = 64  # parallelism of the global dedupe (each group must fit in a worker)
 BUCKET_DIGITS = 3  # samples are ranked within 16**3 buckets of the shuffle key
@@ -226,23 +225,16 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             )
             samples, dead = read.samples, [read[DEAD]]
         else:
-            read = p | "ReadCorpus" >> ReadCorpus(plan["source"]["inputs"], args.field)
-            prepared = read.records | "NormaliseAndFilter" >> NormaliseAndFilter(
-                NormalisationOptions(lowercase=args.lowercase), limits)
-            deduped = (
-                prepared.sentences
-                | "KeyForDedupe" >> beam.Map(key_by_shard, DEDUPE_GROUPS)
-                | "GroupForDedupe" >> beam.GroupByKey()
-                | "DedupeAndBatch" >> beam.ParDo(DedupeAndBatch(args.batch_size)).with_outputs(
-                    DedupeAndBatch.STATS, main="batches")
-            )
+            distinct = p | "DistinctSentences" >> DistinctSentences(
+                plan["source"]["inputs"], args.field, NormalisationOptions(lowercase=args.lowercase), limits,
+                DEDUPE_GROUPS, args.batch_size)
             samples = (
-                deduped.batches
+                distinct["batches"]
                 | "SpreadBatches" >> beam.Reshuffle()
                 | "EncodeText" >> EncodeText(args.clip_model, args.clip_checkpoint)
                 | "ToSamples" >> beam.FlatMap(encoded_to_samples)
             )
-            dead = [read[DEAD], prepared[DEAD]]
+            dead = [distinct[DEAD]]
         buckets = (
             samples
             | "KeyByBucket" >> beam.Map(key_by_bucket, args.seed)
