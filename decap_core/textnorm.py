@@ -8,12 +8,10 @@ into every memory manifest, and ids from different versions are not comparable.
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 from dataclasses import asdict, dataclass
 
 NORMALISATION_VERSION = "nfc-ws-1"
-_WHITESPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -27,8 +25,13 @@ class NormalisationOptions:
 
 
 def normalise(text: str, options: NormalisationOptions = NormalisationOptions()) -> str:
-    """Unicode NFC, runs of whitespace collapsed to one space, ends stripped; optionally lower-cased."""
-    text = _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    """Unicode NFC, runs of whitespace collapsed to one space, ends stripped; optionally lower-cased.
+
+    ``str.split()`` splits on the same Unicode whitespace as ``\\s``; ASCII text is already NFC.
+    """
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    text = " ".join(text.split())
     return text.lower() if options.lowercase else text
 
 

@@ -27,11 +27,12 @@ def count(name: str, value: int = 1) -> None:
 
 
 class _ReadAndPrepare(beam.DoFn):
-    """One corpus file -> its kept sentences as ``(group, [Sentence])`` lists, + ``DEAD`` records.
+    """One corpus file -> its kept sentences as ``(group, [fields])`` lists, + ``DEAD`` records.
 
     Sentences leave in lists of up to ``chunk`` per group rather than one element each, so the
-    shuffle that follows moves a few thousand elements instead of one per line: Beam's cost per
-    element is most of what a corpus of short lines costs besides encoding.
+    shuffle that follows moves a few thousand elements instead of one per line, and as plain
+    tuples of ``Sentence``'s fields: Beam's default coder writes a tuple natively but pickles a
+    NamedTuple, four times slower per sentence.
     """
 
     def __init__(self, field: str, options: NormalisationOptions, limits: LengthLimits, groups: int, chunk: int = 1024):
@@ -39,7 +40,7 @@ class _ReadAndPrepare(beam.DoFn):
         self._groups, self._chunk = groups, chunk
 
     def process(self, url: str) -> Iterator[Any]:
-        lists: dict[int, list[corpus.Sentence]] = {}
+        lists: dict[int, list[tuple]] = {}
         records = 0
         for record in corpus.read_records(url, self._field):
             records += 1
@@ -50,7 +51,7 @@ class _ReadAndPrepare(beam.DoFn):
                 continue
             group = shard_of(record.id, self._groups)
             sentences = lists.setdefault(group, [])
-            sentences.append(record)
+            sentences.append(tuple(record))
             if len(sentences) == self._chunk:
                 yield group, lists.pop(group)
         yield from lists.items()
@@ -58,36 +59,37 @@ class _ReadAndPrepare(beam.DoFn):
 
 
 class DedupeAndBatch(beam.DoFn):
-    """One group's sentences -> its distinct ids as fixed batches ``((group, n), rows)``.
+    """One group's sentences -> its distinct ids as fixed batches ``((group, n), [fields])``.
 
     Copies share an id, so they share a group: deduping within a group is global. The kept copy
-    is the one with the smallest source, so reruns choose the same. Rows are batched in
-    (token count, id) order: the same batches every run make the encoded numbers identical from
-    run to run.
+    is the one with the smallest source, so reruns choose the same. Rows (``Sentence`` fields, as
+    plain tuples) are batched in (token count, id) order: the same batches every run make the
+    encoded numbers identical from run to run.
     """
 
     def __init__(self, batch_size: int):
         self._batch_size = batch_size
 
-    def process(self, element: tuple[int, Iterable[list[corpus.Sentence]]]) -> Iterator[Any]:
+    def process(self, element: tuple[int, Iterable[list[tuple]]]) -> Iterator[Any]:
         group, lists = element
-        first: dict[str, corpus.Sentence] = {}
+        first: dict[str, tuple] = {}
         seen = 0
         for sentences in lists:
             seen += len(sentences)
-            for sentence in sentences:
+            for fields in sentences:
+                sentence = corpus.Sentence._make(fields)
                 kept = first.get(sentence.id)
                 if kept is None or sentence.source < kept.source:
                     first[sentence.id] = sentence
         count("duplicates", seen - len(first))
         yield beam.pvalue.TaggedOutput(STATS, {"shard": group, "sentences": seen, "distinct": len(first)})
-        rows = sorted(first.values(), key=lambda sentence: (len(sentence.tokens), sentence.id))
+        rows = [tuple(sentence) for sentence in sorted(first.values(), key=lambda s: (len(s.tokens), s.id))]
         for number, batch in enumerate(batches_of(rows, self._batch_size)):
             yield (group, number), batch
 
 
 class DistinctSentences(beam.PTransform):
-    """Corpus files -> their distinct sentences in fixed batches ``((group, n), [Sentence])``.
+    """Corpus files -> their distinct sentences in fixed batches ``((group, n), [Sentence fields])``.
 
     Each file is read, normalised and filtered by one worker (files are spread over workers);
     sentences are grouped by ``hash(id) mod groups`` and deduped there. Outputs, by name:
@@ -133,8 +135,9 @@ class _EncodeBatches(beam.DoFn):
     def _load(self) -> ClipModel:
         return load_clip(self._clip_model, self._clip_checkpoint)  # no checkpoint: seeded random weights
 
-    def process(self, element: tuple[Any, list[corpus.Sentence]]) -> Iterator[tuple[Any, list[corpus.Sentence], np.ndarray]]:
-        key, sentences = element
+    def process(self, element: tuple[Any, list[tuple]]) -> Iterator[tuple[Any, list[corpus.Sentence], np.ndarray]]:
+        key, rows = element
+        sentences = [corpus.Sentence._make(row) for row in rows]
         tokens = torch.from_numpy(pad_batch([s.tokens for s in sentences]))
         with torch.no_grad():
             embeddings = encode_tokens_packed(self._clip.model, tokens).float().numpy()
@@ -143,7 +146,7 @@ class _EncodeBatches(beam.DoFn):
 
 
 class EncodeText(beam.PTransform):
-    """``(key, [Sentence])`` batches -> ``(key, [Sentence], float32 [n, D] unit-norm embeddings)``.
+    """``(key, [Sentence or its fields])`` -> ``(key, [Sentence], float32 [n, D] unit-norm embeddings)``.
 
     The tokens carried by each ``Sentence`` are encoded without their padding, packed several to
     a row (``decap_core.clip.encode_tokens_packed``): the same numbers as open_clip's

@@ -7,6 +7,17 @@ def test_normalise_composes_unicode_and_collapses_whitespace():
     assert normalise(" \t ") == ""
 
 
+def test_normalise_equals_the_regex_definition_on_every_whitespace_character():
+    import re
+    import sys
+    import unicodedata
+
+    spaces = "".join(chr(c) for c in range(sys.maxunicode + 1) if re.match(r"\s", chr(c)))
+    text = f"{spaces}a{spaces}red circle, cafe\u0301{spaces[::-1]}"
+    expected = re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
+    assert normalise(text) == expected == "a red circle, caf\u00e9"
+
+
 def test_ids_follow_the_normalised_text_and_shards_are_stable():
     assert sentence_id(normalise("a  red circle ")) == sentence_id(normalise("a red circle"))
     assert sentence_id("a red circle") != sentence_id("a red square")
