@@ -5,6 +5,9 @@
 3. build a support memory from other grammar text with the Beam pipeline (local runner);
 4. render held-out images to files and caption them into Parquet with every strategy;
 5. print object accuracy per strategy and a tau sweep, and plot the sweep.
+
+``pd``'s temperature is chosen on validation images drawn apart from the scored ones, unless
+``--tau`` fixes it.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 
 import fsspec
 
@@ -24,7 +28,7 @@ from decap_core.memory_files import load_memory
 from jobs import caption, evaluate, train_clip, train_decoder
 from pipelines import build_memory
 
-DEFAULT_TAUS = (0.003, 0.01, 0.03, 0.1)
+DEFAULT_TAUS = (0.003, 0.01, 0.02, 0.03, 0.05, 0.1)
 
 
 def render_eval_images(seed: int, count: int, directory: str, size: int = 128) -> dict[str, frozenset]:
@@ -82,7 +86,16 @@ def run_demo(args: argparse.Namespace) -> dict:
 
     print(f"[3/5] building a support memory from {args.memory_sentences} other grammar sentences (Beam)")
     memory = build_toy_memory(clip_path, args.seed, args.memory_sentences, work)
-    captioner = Captioner(decoder, memory, tau=args.tau)
+    captioner = Captioner(decoder, memory)
+    if args.tau is None:
+        validation = toyworld.scenes(args.seed + 4, "eval", args.validation_images)
+        tau, recall = evaluate.choose_tau(captioner, toyeval.encode_scenes(clip, validation),
+                                          [s.object_set() for s in validation], args.taus)
+        print(f"      pd's tau, chosen among {', '.join(f'{t:g}' for t in args.taus)} on {len(validation)} "
+              f"validation images (not the scored ones): {tau:g} (objects named {recall:.1%})")
+    else:
+        tau = args.tau
+    captioner = replace(captioner, tau=tau)
     rebuilt = evaluate.reconstruction_scores(captioner, clip, held_out)
     print(f"decoder on {len(held_out)} held-out grammar sentences, decoded from their own embeddings: "
           f"same objects {rebuilt['same_objects']:.1%} (with sizes {rebuilt['same_sized_objects']:.1%}), "
@@ -102,7 +115,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     for strategy in projection.STRATEGIES:
         rows = by_strategy[strategy]
         scores = metrics.object_scores([r["caption"] for r in rows], [truths[r["key"]] for r in rows])
-        table.append({"strategy": strategy, "tau": args.tau if strategy == "pd" else None, **scores})
+        table.append({"strategy": strategy, "tau": tau if strategy == "pd" else None, **scores})
     keys = sorted(truths)
     embeddings = clip.encode_images([toyworld.render(s, 128) for s in toyworld.scenes(args.seed, "eval", args.eval_images)])
     table += evaluate.evaluate(captioner, embeddings, [truths[k] for k in keys], strategies=(), taus=args.taus)
@@ -114,7 +127,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         evaluate.plot_tau_sweep(table, plot)
         print(f"tau sweep plot: {plot}")
     summary = {"clip": report, "decoder_reconstruction": rebuilt, "memory_coverage": coverage,
-               "table": table, "seconds": time.time() - started}
+               "memory_sentences": len(memory), "tau": tau, "table": table, "seconds": time.time() - started}
     with fsspec.open(f"{work}/report.json", "w") as handle:
         json.dump(summary, handle, indent=1)
     print(f"done in {summary['seconds'] / 60:.1f} min; report: {work}/report.json")
@@ -128,9 +141,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-steps", type=int, default=600)
     parser.add_argument("--decoder-steps", type=int, default=2000)
     parser.add_argument("--decoder-sentences", type=int, default=30000)
-    parser.add_argument("--memory-sentences", type=int, default=2000)
+    parser.add_argument("--memory-sentences", type=int, default=6000)
     parser.add_argument("--eval-images", type=int, default=500)
-    parser.add_argument("--tau", type=float, default=projection.DEFAULT_TAU)
+    parser.add_argument("--tau", type=float, default=None,
+                        help="pd's temperature (default: the best of --taus on --validation-images images)")
+    parser.add_argument("--validation-images", type=int, default=200)
     parser.add_argument("--taus", type=lambda s: [float(x) for x in s.split(",")], default=list(DEFAULT_TAUS))
 
 

@@ -38,6 +38,17 @@ def evaluate(
     return rows
 
 
+def choose_tau(captioner: Captioner, image_embeddings: torch.Tensor, truths: Sequence[frozenset],
+               taus: Sequence[float]) -> tuple[float, float]:
+    """The tau under which ``pd`` names the most objects of these (validation) images, and that share."""
+    recall = {
+        tau: metrics.object_scores(replace(captioner, tau=tau).caption(image_embeddings, "pd"), truths)["object_recall"]
+        for tau in taus
+    }
+    best = max(taus, key=lambda tau: (recall[tau], -tau))
+    return best, recall[best]
+
+
 def reconstruction_scores(captioner: Captioner, clip: ClipModel, texts: Sequence[str]) -> dict[str, float]:
     """Decode sentences from their own text embeddings: do the objects (and words) come back?"""
     decoded = captioner.decode(clip.encode_text(texts))

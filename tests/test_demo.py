@@ -14,7 +14,7 @@ def test_demo_runs_end_to_end_and_reports(toy_models, tmp_path):
     shutil.copytree(toy_models["decoder"], work / "decoder")
     result = subprocess.run(
         [sys.executable, "-m", "jobs.cli", "demo", "--workdir", str(work), "--eval-images", "24",
-         "--memory-sentences", "400", "--taus", "0.01,0.1"],
+         "--memory-sentences", "400", "--taus", "0.01,0.1", "--validation-images", "24"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
