@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 
 import fsspec
-import torch
 
 from decap_core import projection
 from decap_core.captioner import Captioner
 from decap_core.checkpoint import load_decoder
 from decap_core.clip import load_clip
+from decap_core.devices import default_device
 from decap_core.errors import DecapError
 from decap_core.memory import SupportMemory
 from decap_core.memory_files import load_memory
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     parser.add_argument("--out", required=True, help="Parquet URL; dead letters go beside it")
     args = parser.parse_args(argv)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(default_device(args.device))
     decoder = load_decoder(args.decoder, device)
     clip = load_clip(args.clip_model, args.clip_checkpoint, device)
     if args.memory:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from decap_core import toyeval, toyworld
 from decap_core.clip import create_model, encode_tokens_packed, load_clip
+from decap_core.devices import default_device
 from decap_core.optim import adamw, warmup_cosine
 
 FIXED_LOGIT_SCALE = 100.0
@@ -66,7 +67,7 @@ def train_clip(
 
     ``workers`` loader processes render the pairs; ``device`` defaults to CUDA when there is one.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     torch.manual_seed(seed)
     model, _ = create_model(model_name, seed)
     model.to(device, memory_format=torch.channels_last)  # faster convolutions, on the CPU too

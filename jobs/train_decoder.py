@@ -30,6 +30,7 @@ from decap_core import toyworld, train_state
 from decap_core.checkpoint import DecoderBundle, save_decoder
 from decap_core.clip import ClipModel, load_clip
 from decap_core.decoder import Decoder, DecoderConfig
+from decap_core.devices import default_device
 from decap_core.errors import DecapError
 from decap_core.optim import adamw, warmup_cosine
 from decap_core.train_data import Batch, EncodedCorpus, ShardStream, collate, read_samples, shards_of_rank
@@ -189,7 +190,7 @@ def train_decoder(
     corpus = EncodedCorpus.from_texts(clip, texts, vocab)
     config = DecoderConfig.named(config_name, vocab_size=len(vocab), prefix_dim=clip.embed_dim)
     torch.manual_seed(settings.seed)
-    trainer = Trainer(Decoder(config), settings, Runtime(torch.device("cuda" if torch.cuda.is_available() else "cpu")))
+    trainer = Trainer(Decoder(config), settings, Runtime(default_device()))
     started = time.time()
     final_loss = trainer.fit(corpus.batches(settings.batch_size, settings.seed))
     bundle = DecoderBundle(
