@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from decap_core import toyeval, toyworld
 from decap_core.clip import create_model, encode_tokens_packed, load_clip
-from decap_core.devices import default_device
+from decap_core.devices import default_device, repeatable_on_cpu
 from decap_core.optim import adamw, warmup_cosine
 
 FIXED_LOGIT_SCALE = 100.0
@@ -83,17 +83,18 @@ def train_clip(
     )
     progress = tqdm(zip(range(steps), loader), total=steps, desc="train-clip", unit="step")
     started = time.time()
-    for _, (pixels, tokens) in progress:
-        pixels, tokens = pixels.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
-        image_features = F.normalize(model.encode_image(pixels.contiguous(memory_format=torch.channels_last)), dim=-1)
-        text_features = encode_tokens_packed(model, tokens)  # real tokens only: no compute on padding
-        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        progress.set_postfix(loss=f"{loss.item():.3f}")
+    with repeatable_on_cpu(device):
+        for _, (pixels, tokens) in progress:
+            pixels, tokens = pixels.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+            image_features = F.normalize(model.encode_image(pixels.contiguous(memory_format=torch.channels_last)), dim=-1)
+            text_features = encode_tokens_packed(model, tokens)  # real tokens only: no compute on padding
+            loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            progress.set_postfix(loss=f"{loss.item():.3f}")
     with fsspec.open(out, "wb") as handle:
         handle.write(save_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}))
     clip = load_clip(model_name, out, device=str(device))

@@ -20,3 +20,18 @@ def test_loader_processes_take_turns_without_changing_the_batches():
         assert torch.equal(tokens_a, tokens_b)
         assert torch.equal(pixels_a, pixels_b)
     assert not torch.equal(alone[0][1], alone[1][1])  # consecutive batches differ: no worker repeats another's
+
+
+def test_two_cpu_trainings_of_one_seed_give_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from jobs.train_clip import train_clip
+
+    torch.set_num_threads(2)  # several threads are what made CPU trainings of one seed drift apart
+    weights = []
+    for run in ("first", "second"):
+        out = str(tmp_path / f"{run}.safetensors")
+        train_clip(out, steps=30, batch_size=64, warmup=5, render_size=64, eval_count=10, device="cpu")
+        weights.append(load_file(out))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
