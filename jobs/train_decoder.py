@@ -30,7 +30,7 @@ from decap_core import toyworld, train_state
 from decap_core.checkpoint import DecoderBundle, save_decoder
 from decap_core.clip import ClipModel, load_clip
 from decap_core.decoder import Decoder, DecoderConfig
-from decap_core.devices import default_device, repeatable_on_cpu
+from decap_core.devices import default_device
 from decap_core.errors import DecapError
 from decap_core.optim import adamw, warmup_cosine
 from decap_core.train_data import Batch, EncodedCorpus, ShardStream, collate, read_samples, shards_of_rank
@@ -143,7 +143,7 @@ class Trainer:
         """Train until ``settings.steps``; returns the last smoothed loss. Progress on rank 0."""
         smoothed = float("nan")
         with tqdm(total=self.settings.steps, initial=self.step, desc="train-decoder", unit="step",
-                  disable=not self.runtime.is_main) as progress, repeatable_on_cpu(self.runtime.device):
+                  disable=not self.runtime.is_main) as progress:
             while self.step < self.settings.steps:
                 loss, accuracy = self.train_step(batches)
                 smoothed = loss if smoothed != smoothed else 0.95 * smoothed + 0.05 * loss
