@@ -38,6 +38,18 @@ def evaluate(
     return rows
 
 
+def caption_query_recall(captioner: Captioner, clip: ClipModel, scenes: Sequence[toyworld.Scene], seed: int) -> float:
+    """``pd``'s object recall when each image's query is its own caption's text embedding.
+
+    A CLIP whose image embeddings matched their captions exactly would score this: the ceiling that
+    this memory and decoder put on ``pd``, apart from the CLIP's image side.
+    """
+    rng = toyworld.split_rng(seed, "eval")
+    queries = clip.encode_text([toyworld.caption(scene, rng) for scene in scenes])
+    captions = captioner.caption(queries, "pd")
+    return metrics.object_scores(captions, [scene.object_set() for scene in scenes])["object_recall"]
+
+
 def choose_tau(captioner: Captioner, image_embeddings: torch.Tensor, truths: Sequence[frozenset],
                taus: Sequence[float]) -> tuple[float, float]:
     """The tau under which ``pd`` names the most objects of these (validation) images, and that share."""

@@ -67,6 +67,17 @@ def test_projection_beats_decoding_the_image_embedding(toy_models):
     assert recall["pd"] > recall["vd"] + 0.15, rows  # the modality gap's harm, and projection's cure
 
 
+def test_pd_from_each_images_own_caption_is_bounded_by_the_memory(toy_models):
+    clip = load_clip("toy-clip", toy_models["clip"])
+    decoder = load_decoder(toy_models["decoder"])
+    scenes = toyworld.scenes(8, "eval", 60)
+    rng = toyworld.split_rng(9, "eval")  # the captions caption_query_recall draws with seed 9
+    holding = Captioner(decoder, SupportMemory.from_texts(clip, [toyworld.caption(s, rng) for s in scenes]), tau=0.01)
+    sparse = Captioner(decoder, SupportMemory.from_texts(clip, toyworld.sentences(0, "memory", 40)), tau=0.01)
+    assert evaluate.caption_query_recall(holding, clip, scenes, seed=9) >= 0.9  # the decoder alone misses a few
+    assert evaluate.caption_query_recall(sparse, clip, scenes, seed=9) < 0.6
+
+
 def test_captioner_refuses_mismatched_inputs(toy_models):
     clip = load_clip("toy-clip", toy_models["clip"])
     decoder = load_decoder(toy_models["decoder"])

@@ -35,3 +35,20 @@ def test_two_cpu_trainings_of_one_seed_give_the_same_weights(tmp_path):
         weights.append(load_file(out))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_image_output_offset_sets_the_resnet_bias_and_refuses_other_towers():
+    import pytest
+
+    from decap_core.clip import create_model
+    from decap_core.errors import DecapError
+    from jobs.train_clip import offset_image_output
+
+    model, _ = create_model("toy-clip")
+    before = model.visual.attnpool.c_proj.bias.clone()
+    offset_image_output(model, 0.0, seed=0)
+    assert torch.equal(model.visual.attnpool.c_proj.bias, before)
+    offset_image_output(model, 25.0, seed=0)
+    assert abs(float(model.visual.attnpool.c_proj.bias.norm()) - 25.0) < 1e-4
+    with pytest.raises(DecapError, match="ModifiedResNet"):
+        offset_image_output(create_model("ViT-B-32")[0], 25.0, seed=0)
