@@ -148,7 +148,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-images", type=int, default=500)
     parser.add_argument("--tau", type=float, default=None,
                         help="pd's temperature (default: the best of --taus on --validation-images images)")
-    parser.add_argument("--validation-images", type=int, default=500)
+    parser.add_argument("--validation-images", type=int, default=1500)
     parser.add_argument("--taus", type=lambda s: [float(x) for x in s.split(",")], default=list(DEFAULT_TAUS))
 
 
