@@ -141,7 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default=os.environ.get("DECAP_WORKDIR", "runs/demo"))
     parser.add_argument("--fresh", action="store_true", help="retrain CLIP and decoder even if present")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clip-steps", type=int, default=600)
+    parser.add_argument("--clip-steps", type=int, default=800)
     parser.add_argument("--decoder-steps", type=int, default=2000)
     parser.add_argument("--decoder-sentences", type=int, default=30000)
     parser.add_argument("--memory-sentences", type=int, default=14000)
