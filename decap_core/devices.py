@@ -16,8 +16,8 @@ def default_device(requested: str | None = None) -> torch.device:
 def repeatable_on_cpu(device: torch.device) -> Iterator[None]:
     """Deterministic kernels while training on the CPU: one seed and thread count, one set of weights.
 
-    With two or more threads some CPU backward kernels otherwise accumulate in a varying order,
-    and two trainings of the same seed drift apart. GPUs keep their fast kernels.
+    With two or more threads some CPU kernels otherwise sum in a varying order, and two trainings
+    of the same seed drift apart. GPUs keep their fast kernels.
     """
     if device.type != "cpu":
         yield

@@ -4,7 +4,8 @@
 2. train the toy decoder on grammar text only;
 3. build a support memory from other grammar text with the Beam pipeline (local runner);
 4. render held-out images to files and caption them into Parquet with every strategy;
-5. print object accuracy per strategy and a tau sweep, and plot the sweep.
+5. print object accuracy per strategy and a tau sweep, and plot the sweep; print what ``pd`` reaches
+   from each image's own caption (a perfect CLIP), the ceiling the memory and decoder set.
 
 ``pd``'s temperature is chosen on validation images drawn apart from the scored ones, unless
 ``--tau`` fixes it.
