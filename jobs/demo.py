@@ -32,12 +32,12 @@ from pipelines import build_memory
 DEFAULT_TAUS = (0.003, 0.01, 0.02, 0.03, 0.05, 0.1)
 
 
-def render_eval_images(seed: int, count: int, directory: str, size: int = 128) -> dict[str, frozenset]:
-    """Write held-out images as PNG files; returns each file key's true object set."""
+def render_eval_images(scenes: list[toyworld.Scene], directory: str, size: int = 128) -> dict[str, frozenset]:
+    """Write held-out scenes as PNG files; returns each file key's true object set."""
     fs, root = fsspec.core.url_to_fs(directory)
     fs.makedirs(root, exist_ok=True)
     truths = {}
-    for index, scene in enumerate(toyworld.scenes(seed, "eval", count)):
+    for index, scene in enumerate(scenes):
         key = f"eval-{index:05d}"
         with fs.open(f"{root}/{key}.png", "wb") as handle:
             toyworld.render(scene, size).save(handle, format="PNG")
@@ -103,7 +103,8 @@ def run_demo(args: argparse.Namespace) -> dict:
           f"exact sentence {rebuilt['exact']:.1%}")
 
     print(f"[4/5] captioning {args.eval_images} held-out images")
-    truths = render_eval_images(args.seed, args.eval_images, f"{work}/images")
+    scenes = toyworld.scenes(args.seed, "eval", args.eval_images)
+    truths = render_eval_images(scenes, f"{work}/images")
     result = caption.caption_images(clip, captioner, f"{work}/images/*.png", projection.STRATEGIES)
     out, errors = caption.write_result(result, f"{work}/captions.parquet")
     print(f"      captions: {out} ({len(result.rows)} rows), dead letters: {errors} ({len(result.dead_letters)})")
@@ -118,7 +119,6 @@ def run_demo(args: argparse.Namespace) -> dict:
         scores = metrics.object_scores([r["caption"] for r in rows], [truths[r["key"]] for r in rows])
         table.append({"strategy": strategy, "tau": tau if strategy == "pd" else None, **scores})
     keys = sorted(truths)
-    scenes = toyworld.scenes(args.seed, "eval", args.eval_images)
     embeddings = clip.encode_images([toyworld.render(s, 128) for s in scenes])
     table += evaluate.evaluate(captioner, embeddings, [truths[k] for k in keys], strategies=(), taus=args.taus)
     coverage = evaluate.memory_coverage(memory.texts, list(truths.values()))

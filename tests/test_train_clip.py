@@ -1,9 +1,13 @@
 """The toy CLIP's training data: the same batches, in the same order, however many loader processes."""
 import itertools
 
+import pytest
 import torch
+from safetensors.torch import load_file
 
-from jobs.train_clip import ToyPairs
+from decap_core.clip import create_model
+from decap_core.errors import DecapError
+from jobs.train_clip import ToyPairs, offset_image_output, train_clip
 
 
 def first_batches(workers: int, count: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -22,12 +26,16 @@ def test_loader_processes_take_turns_without_changing_the_batches():
     assert not torch.equal(alone[0][1], alone[1][1])  # consecutive batches differ: no worker repeats another's
 
 
-def test_two_cpu_trainings_of_one_seed_give_the_same_weights(tmp_path):
-    from safetensors.torch import load_file
+@pytest.fixture
+def two_threads():
+    """Several threads are what made CPU trainings of one seed drift apart; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
-    from jobs.train_clip import train_clip
 
-    torch.set_num_threads(2)  # several threads are what made CPU trainings of one seed drift apart
+def test_two_cpu_trainings_of_one_seed_give_the_same_weights(tmp_path, two_threads):
     weights = []
     for run in ("first", "second"):
         out = str(tmp_path / f"{run}.safetensors")
@@ -38,12 +46,6 @@ def test_two_cpu_trainings_of_one_seed_give_the_same_weights(tmp_path):
 
 
 def test_image_output_offset_sets_the_resnet_bias_and_refuses_other_towers():
-    import pytest
-
-    from decap_core.clip import create_model
-    from decap_core.errors import DecapError
-    from jobs.train_clip import offset_image_output
-
     model, _ = create_model("toy-clip")
     before = model.visual.attnpool.c_proj.bias.clone()
     offset_image_output(model, 0.0, seed=0)
