@@ -1,0 +1,44 @@
+"""Command-line options of the pipelines: each pipeline's own flags, and Beam's for the rest.
+
+Each pipeline parses its own flags with its own ``argparse`` parser, so its ``--help`` lists only
+them, and hands what remains to Beam's ``PipelineOptions``. A flag neither knows (``--num-shard``
+for ``--num-shards``) is an error, not a warning. Without ``--runner`` a pipeline runs on Beam's
+in-process ``FnApiRunner``, which never reaches for the network; ``--runner=DaskRunner`` is short
+for Beam's Dask runner.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from decap_core.errors import DecapError
+
+DEFAULT_RUNNER = "FnApiRunner"
+RUNNER_ALIASES = {"DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
+BEAM_EPILOG = ("Any other flag is a Beam pipeline option (--runner, --direct_num_workers, --setup_file, the runner's "
+               f"own); without --runner: {DEFAULT_RUNNER}, in process. --runner=DaskRunner runs on a dask.distributed "
+               "cluster (--dask_client_address=HOST:PORT).")
+
+
+def new_parser(prog: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A parser for one pipeline's own flags (no abbreviations: a mistyped flag is never guessed)."""
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=BEAM_EPILOG, allow_abbrev=False,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, PipelineOptions]:
+    """The pipeline's own arguments and the Beam options of the rest; an unknown flag is a ``DecapError``."""
+    args, rest = parser.parse_known_args(list(argv) if argv is not None else None)
+    options = PipelineOptions(rest)
+    unknown = set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options())
+    flags = [token.split("=", 1)[0] for token in rest if token.startswith("--")]
+    named = [flag for flag in flags if flag[2:].replace("-", "_") in unknown]
+    if unknown:
+        raise DecapError(f"unknown option {(named or ['--' + min(unknown)])[0]} ({parser.prog} --help lists its own; "
+                         "any other flag must be a Beam pipeline option)")
+    standard = options.view_as(StandardOptions)
+    runner = standard.runner or DEFAULT_RUNNER
+    standard.runner = RUNNER_ALIASES.get(runner, runner)
+    return args, options
