@@ -1,8 +1,9 @@
 """Corpus files to sentences: parse txt / jsonl / parquet (optionally gzip or zstd) into records.
 
 Every line or row becomes either a ``Sentence`` (normalised, with its id, CLIP tokens and source)
-or a ``DeadLetter`` naming its source, the stage that refused it and why. Nothing is dropped
-silently. A source is ``URL:N``: the 1-based line of a text file, the 0-based row of a Parquet file.
+or a ``DeadLetter`` (``decap_core.dead_letters``) naming its source, the stage that refused it and
+why. Nothing is dropped silently. A source is ``URL:N``: the 1-based line of a text file, the
+0-based row of a Parquet file.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Iterator, NamedTuple, Sequence
 import fsspec
 import pyarrow.parquet as pq
 
+from decap_core.dead_letters import DeadLetter
 from decap_core.errors import DecapError
 from decap_core.textnorm import LengthLimits, NormalisationOptions, normalise, sentence_id
 from decap_core.vocab import clip_token_ids
@@ -28,15 +30,6 @@ class Sentence(NamedTuple):
     text: str
     source: str
     tokens: tuple[int, ...]
-
-
-class DeadLetter(NamedTuple):
-    """A refused input: where it came from, the stage that refused it, the reason, a detail."""
-
-    key: str
-    stage: str
-    error: str
-    detail: str = ""
 
 
 class RawText(NamedTuple):

@@ -4,12 +4,14 @@ One sample per sentence; its key is the memory id (hex, so never a dot, which we
 split the key at). Members: ``txt`` (UTF-8 text), ``tokens.npy`` (int32 CLIP BPE ids, start and end
 included), ``emb.npy`` (float16 or float32 unit-norm embedding). Shards are ``train-NNNNNN.tar``
 and ``valid-NNNNNN.tar`` with a fixed number of samples each (the last may hold fewer).
-``vocab.json`` beside them, written last, makes a directory a set of shards: the CLIP fingerprint,
-the embedding width and dtype, every shard with its sample count, and the token counts of the
-training shards (from which the trainer builds its compact vocabulary).
+``vocab.json`` beside them, written last, makes a directory a set of shards (an artifact directory,
+see ``decap_core.artifacts``): the CLIP fingerprint, the embedding width and dtype, every shard
+with its sample count, and the token counts of the training shards (from which the trainer builds
+its compact vocabulary). ``ShardsManifest`` is that file's format, read and written here only.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import posixpath
@@ -24,8 +26,10 @@ from webdataset.shardlists import expand_urls
 from webdataset.tariterators import group_by_keys, tar_file_expander
 from webdataset.writer import TarWriter
 
+from decap_core import artifacts, dead_letters, metadata_files
 from decap_core.errors import DecapError
-from decap_core.metadata_files import read_metadata, write_metadata
+from decap_core.metadata_files import FileRows, pick
+from decap_core.textnorm import LengthLimits
 from decap_core.vocab import END_ID, START_ID, CompactVocab
 
 VOCAB_FILE = "vocab.json"
@@ -64,13 +68,91 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class ShardsPlan:
+    """How a set of shards is made, fixed before a sentence is read: the first half of ``vocab.json``."""
+
+    clip_model: str
+    clip_fingerprint: str
+    dim: int
+    normalisation: dict[str, Any]  # NormalisationOptions.describe(): version and options
+    token_limits: LengthLimits
+    source: dict[str, Any]  # {"inputs": [URL, ...]} or {"memory": URL, "memory_rows": N}
+    samples_per_shard: int
+    validation_samples: int
+    emb_dtype: str
+    seed: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ShardsPlan":
+        values = pick(cls, data)
+        return cls(**{**values, "token_limits": LengthLimits(**values["token_limits"])})
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """A tar shard, named relative to its directory, and the samples it holds."""
+
+    name: str
+    samples: int
+
+
+@dataclass(frozen=True)
+class ShardsManifest:
+    """``vocab.json``: the plan, then what was written (JSON keys all at the top level)."""
+
+    plan: ShardsPlan
+    samples: dict[str, int]  # per split
+    shards: tuple[ShardFile, ...]
+    train_pattern: str | None
+    validation_pattern: str | None
+    dead_letters: tuple[FileRows, ...]
+    dead: int
+    token_counts: dict[int, int]  # CLIP token id -> occurrences in the training shards
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.plan.to_json(),
+            "samples": dict(self.samples),
+            "shards": [dataclasses.asdict(shard) for shard in self.shards],
+            "train_pattern": self.train_pattern,
+            "validation_pattern": self.validation_pattern,
+            "dead_letters": [letters.to_json() for letters in self.dead_letters],
+            "dead": self.dead,
+            "token_counts": {str(token): n for token, n in sorted(self.token_counts.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ShardsManifest":
+        return cls(
+            plan=ShardsPlan.from_json(data),
+            samples=dict(data["samples"]),
+            shards=tuple(ShardFile(**pick(ShardFile, shard)) for shard in data["shards"]),
+            train_pattern=data["train_pattern"],
+            validation_pattern=data["validation_pattern"],
+            dead_letters=tuple(FileRows.from_json(letters) for letters in data["dead_letters"]),
+            dead=data["dead"],
+            token_counts={int(token): n for token, n in data["token_counts"].items()},
+        )
+
+
+def begin(directory: str) -> None:
+    """Unmark an earlier set of shards in ``directory`` (a failed rerun is never read) and make ``errors/``."""
+    artifacts.begin(directory, VOCAB_FILE, [dead_letters.DIRECTORY])
+
+
 def write_shard(url: str, samples: Sequence[Sample], emb_dtype: str) -> None:
-    """Write one tar shard (deterministic bytes: fixed mtime, owner and member order)."""
-    with fsspec.open(url, "wb") as handle:
+    """Write one tar shard atomically (deterministic bytes: fixed mtime, owner and member order)."""
+    for sample in samples:
+        if "." in sample.key or "/" in sample.key:
+            raise ValueError(f"sample key {sample.key!r} has a dot or slash; webdataset would split it")
+
+    def write(handle) -> None:
         writer = TarWriter(handle, encoder=False, mtime=0, user="decap", group="decap")
         for sample in samples:
-            if "." in sample.key or "/" in sample.key:
-                raise ValueError(f"sample key {sample.key!r} has a dot or slash; webdataset would split it")
             writer.write({
                 "__key__": sample.key,
                 "txt": sample.text.encode("utf-8"),
@@ -79,23 +161,26 @@ def write_shard(url: str, samples: Sequence[Sample], emb_dtype: str) -> None:
             })
         writer.close()
 
-
-def write_vocab(directory: str, metadata: dict[str, Any]) -> None:
-    write_metadata(f"{directory.rstrip('/')}/{VOCAB_FILE}", FORMAT, metadata)
+    artifacts.write_atomically(url, write)
 
 
-def read_vocab(directory: str) -> dict[str, Any]:
+def write_vocab(directory: str, manifest: ShardsManifest) -> None:
+    """Write ``vocab.json`` last: the directory now reads as a set of shards."""
+    artifacts.finish(directory, VOCAB_FILE, FORMAT, manifest.to_json())
+
+
+def read_vocab(directory: str) -> ShardsManifest:
     """The ``vocab.json`` of a shard directory, or one clear error."""
-    return read_metadata(
-        f"{directory.rstrip('/')}/{VOCAB_FILE}", FORMAT,
+    return metadata_files.read(
+        f"{directory.rstrip('/')}/{VOCAB_FILE}", ShardsManifest.from_json, FORMAT,
         missing=f"{directory} holds no finished train shards (no {VOCAB_FILE}; did make-shards finish?)",
         what="train-shards vocab.json",
     )
 
 
-def compact_vocab(metadata: dict[str, Any], min_count: int = 1) -> CompactVocab:
+def compact_vocab(manifest: ShardsManifest, min_count: int = 1) -> CompactVocab:
     """The compact vocabulary of the tokens the training shards use at least ``min_count`` times."""
-    return CompactVocab.from_counts({int(t): n for t, n in metadata["token_counts"].items()}, min_count)
+    return CompactVocab.from_counts(manifest.token_counts, min_count)
 
 
 def expand(pattern: str | Sequence[str]) -> list[str]:
@@ -110,32 +195,33 @@ class ShardSet:
 
     urls: tuple[str, ...]
     expected: dict[str, int]  # samples each shard should hold
-    metadata: dict[str, Any]  # the first directory's vocab.json, token counts summed over directories
+    metadata: ShardsManifest  # the first directory's vocab.json, token counts summed over directories
 
     @classmethod
     def open(cls, pattern: str | Sequence[str], clip_fingerprint: str | None = None) -> "ShardSet":
         urls = expand(pattern)
         if not urls:
             raise DecapError(f"no shard URLs in {pattern!r}")
-        metadata: dict[str, Any] | None = None
+        first: ShardsManifest | None = None
         counts: Counter = Counter()
         expected: dict[str, int] = {}
         for directory in dict.fromkeys(posixpath.dirname(url) for url in urls):
-            meta = read_vocab(directory)
-            if clip_fingerprint is not None and meta["clip_fingerprint"] != clip_fingerprint:
-                raise DecapError(f"shards in {directory} were made with CLIP {meta['clip_fingerprint']}, "
+            manifest = read_vocab(directory)
+            plan = manifest.plan
+            if clip_fingerprint is not None and plan.clip_fingerprint != clip_fingerprint:
+                raise DecapError(f"shards in {directory} were made with CLIP {plan.clip_fingerprint}, "
                                  f"not {clip_fingerprint}")
-            if metadata is not None and (meta["clip_fingerprint"], meta["dim"]) != (metadata["clip_fingerprint"], metadata["dim"]):
-                raise DecapError(f"shards in {directory} were made with CLIP {meta['clip_fingerprint']} "
-                                 f"(dim {meta['dim']}), other shards with {metadata['clip_fingerprint']} (dim {metadata['dim']})")
-            metadata = metadata or dict(meta)
-            counts.update({int(t): n for t, n in meta["token_counts"].items()})
-            expected.update({f"{directory}/{s['name']}": s["samples"] for s in meta["shards"]})
+            if first is not None and (plan.clip_fingerprint, plan.dim) != (first.plan.clip_fingerprint, first.plan.dim):
+                raise DecapError(f"shards in {directory} were made with CLIP {plan.clip_fingerprint} (dim {plan.dim}), "
+                                 f"other shards with {first.plan.clip_fingerprint} (dim {first.plan.dim})")
+            first = first or manifest
+            counts.update(manifest.token_counts)
+            expected.update({f"{directory}/{shard.name}": shard.samples for shard in manifest.shards})
         unknown = [url for url in urls if url not in expected]
         if unknown:
             raise DecapError(f"shard {unknown[0]} is not listed in the {VOCAB_FILE} beside it "
                              f"(a stale shard, or one from another make-shards run)")
-        metadata["token_counts"] = {str(t): n for t, n in sorted(counts.items())}
+        metadata = dataclasses.replace(first, token_counts=dict(sorted(counts.items())))
         return cls(tuple(urls), {url: expected[url] for url in urls}, metadata)
 
 
@@ -178,7 +264,7 @@ def iter_shards(urls: Iterable[str], shard_set: ShardSet, skip_bad: bool) -> Ite
     """``(url, sample)`` over shards in order; a bad shard is skipped with a warning or raised."""
     for url in urls:
         try:
-            for sample in read_shard(url, shard_set.metadata["dim"], shard_set.expected[url]):
+            for sample in read_shard(url, shard_set.metadata.plan.dim, shard_set.expected[url]):
                 yield url, sample
         except DecapError as error:
             if not skip_bad:

@@ -13,52 +13,41 @@ removes the old manifest first so that a failed rerun never leaves a half-valid 
 from __future__ import annotations
 
 import argparse
-import logging
+import dataclasses
 import sys
-from collections import Counter
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
 import fsspec
 import numpy as np
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from decap_core import corpus, index, memory_files
+from decap_core import artifacts, corpus, index, memory_files
 from decap_core.clip import load_clip
 from decap_core.errors import DecapError
-from decap_core.textnorm import LengthLimits, NormalisationOptions, sentence_id, shard_of
+from decap_core.memory_files import FileRows, IndexInfo, MemoryCounts, MemoryManifest, MemoryPlan, ShardRows
 from decap_core.vocab import clip_token_ids
-from pipelines.common import DEAD, STATS, DistinctSentences, EncodeText, count
+from pipelines import dead_letters, options
+from pipelines.common import BATCHES, DEAD, STATS, DistinctSentences, EncodeText, add_corpus_flags, limits_of, normalisation_of
+from pipelines.steps import Gather, count
 
-DEFAULT_RUNNER = "FnApiRunner"
 INDEX_FILE = "index.faiss"
-ERRORS_DIR = "errors"
 
 
-class BuildMemoryOptions(PipelineOptions):
-    """The options of ``decap build-memory``; every other flag is a Beam pipeline option."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--input", action="extend", nargs="+", default=None,
-                            help="fsspec glob(s) of .txt / .jsonl / .parquet files, optionally .gz or .zst")
-        parser.add_argument("--output", help="fsspec URL of the memory directory")
-        parser.add_argument("--field", default="text", help="JSON field of .jsonl rows, column of .parquet files")
-        parser.add_argument("--clip-model", default="toy-clip", help="open_clip architecture or toy config")
-        parser.add_argument("--clip-checkpoint", default=None, help="CLIP weights (path or fsspec URL); none: random")
-        parser.add_argument("--num-shards", type=int, default=16,
-                            help="Parquet shards; one shard's rows must fit in a worker's memory")
-        parser.add_argument("--batch-size", type=int, default=512, help="sentences per CLIP forward pass")
-        parser.add_argument("--lowercase", action="store_true", help="lower-case sentences when normalising")
-        parser.add_argument("--min-tokens", type=int, default=3, help="fewest CLIP tokens, start and end included")
-        parser.add_argument("--max-tokens", type=int, default=None, help="most CLIP tokens (default: the context)")
-        parser.add_argument("--index", default="none",
-                            help="none, auto (flat below 1M rows, IVF-HNSW above), flat, or a faiss factory string")
+def build_parser() -> argparse.ArgumentParser:
+    parser = options.new_parser("decap build-memory", "Build a support memory from text corpora (a Beam pipeline).")
+    add_corpus_flags(parser)
+    parser.add_argument("--output", help="fsspec URL of the memory directory")
+    parser.add_argument("--num-shards", type=int, default=16,
+                        help="Parquet shards; one shard's rows must fit in a worker's memory")
+    parser.add_argument("--index", default="none",
+                        help="none, auto (flat below 1M rows, IVF-HNSW above), flat, or a faiss factory string")
+    return parser
 
 
 def key_encoded_by_shard(encoded: tuple) -> tuple[int, tuple[list[tuple[str, str, str]], np.ndarray]]:
     """An encoded batch as ``(shard, ([(id, text, source)], embeddings))``: the tokens stay behind."""
-    (shard, _), sentences, embeddings = encoded
+    (shard, _), rows, embeddings = encoded
+    sentences = [corpus.Sentence._make(row) for row in rows]
     return shard, ([(s.id, s.text, s.source) for s in sentences], embeddings)
 
 
@@ -76,90 +65,46 @@ class WriteShard(beam.DoFn):
         ids, texts, sources = zip(*(rows[i] for i in by_id))
         embeddings = np.concatenate([e for _, e in batches])[by_id]
         name = memory_files.shard_name(shard, self._num_shards)
-        memory_files.write_shard(f"{self._output}/{name}", list(ids), list(texts), embeddings, list(sources))
+        memory_files.write_shard(f"{self._output}/{name}", ShardRows(list(ids), list(texts), embeddings, list(sources)))
         count("kept", len(rows))
         yield {"name": name, "rows": len(rows)}
 
 
-def key_dead_letter(dead: corpus.DeadLetter, num_shards: int) -> tuple[int, corpus.DeadLetter]:
-    return shard_of(sentence_id(dead.key), num_shards), dead
-
-
-class WriteDeadLetters(beam.DoFn):
-    """One shard's dead letters, sorted -> ``errors/dead-letters-SSSSS-of-NNNNN.jsonl``."""
-
-    def __init__(self, output: str, num_shards: int):
-        self._output, self._num_shards = output, num_shards
-
-    def process(self, element: tuple[int, Iterable[corpus.DeadLetter]]) -> Iterator[dict]:
-        shard, letters = element
-        letters = sorted(letters)
-        name = f"{ERRORS_DIR}/{memory_files.dead_letter_name(shard, self._num_shards)}"
-        memory_files.write_dead_letters(f"{self._output}/{name}", letters)
-        reasons = Counter(letter.error for letter in letters)
-        for reason, number in reasons.items():
-            count(f"dead_{reason}", number)
-        count("dead", len(letters))
-        yield {"name": name, "rows": len(letters), "reasons": dict(reasons)}
-
-
-class CompleteMemory(beam.DoFn):
+def complete_memory(gathered: dict[str, list[dict]], plan: MemoryPlan, output: str) -> MemoryManifest:
     """After every shard: write the empty shards, delete stale files, total the counts."""
-
-    def __init__(self, plan: dict[str, Any]):
-        self._plan = plan
-
-    def process(self, _: Any, shards: list[dict], stats: list[dict], dead: list[dict]) -> Iterator[dict]:
-        plan, output = self._plan, self._plan["output"]
-        written = {shard["name"]: shard["rows"] for shard in shards}
-        names = [memory_files.shard_name(i, plan["num_shards"]) for i in range(plan["num_shards"])]
-        for name in names:
-            if name not in written:
-                memory_files.write_shard(f"{output}/{name}", [], [], np.zeros((0, plan["dim"]), np.float32), [])
-                written[name] = 0
-        memory_files.remove_stale(output, memory_files.SHARD_GLOB, names)
-        dead = sorted(dead, key=lambda item: item["name"])
-        memory_files.remove_stale(f"{output}/{ERRORS_DIR}", memory_files.DEAD_LETTER_GLOB,
-                                  [d["name"].split("/")[-1] for d in dead])
-        reasons = sum((Counter(d["reasons"]) for d in dead), Counter())
-        sentences = sum(s["sentences"] for s in stats)
-        rows = sum(written.values())
-        yield {
-            **{k: v for k, v in plan.items() if k not in ("output", "index")},
-            "rows": rows,
-            "shards": [{"name": name, "rows": written[name]} for name in names],
-            "dead_letters": [{"name": d["name"], "rows": d["rows"]} for d in dead],
-            "counts": {
-                "read": sentences + sum(reasons.values()),
-                "kept": rows,
-                "duplicates": sentences - rows,
-                "dead": sum(reasons.values()),
-                "dead_by_reason": dict(sorted(reasons.items())),
-            },
-        }
+    written = {shard["name"]: shard["rows"] for shard in gathered["shards"]}
+    names = [memory_files.shard_name(i, plan.num_shards) for i in range(plan.num_shards)]
+    for name in names:
+        if name not in written:
+            memory_files.write_shard(f"{output}/{name}", ShardRows([], [], np.zeros((0, plan.dim), np.float32), []))
+            written[name] = 0
+    artifacts.remove_stale(output, memory_files.SHARD_GLOB, names)
+    letters, reasons = dead_letters.finish(output, gathered["dead"])
+    sentences = sum(stats["sentences"] for stats in gathered["stats"])
+    rows, dead = sum(written.values()), sum(reasons.values())
+    counts = MemoryCounts(read=sentences + dead, kept=rows, duplicates=sentences - rows, dead=dead,
+                          dead_by_reason=dict(sorted(reasons.items())))
+    return MemoryManifest(plan, rows, tuple(FileRows(name, written[name]) for name in names), letters, counts)
 
 
-class AddIndex(beam.DoFn):
+def add_index(manifest: MemoryManifest, output: str, request: str) -> MemoryManifest:
     """Build the requested faiss index from the written shards, with its recall@10 on a sample."""
+    fs, root = fsspec.core.url_to_fs(f"{output}/{INDEX_FILE}")
+    if fs.exists(root):
+        fs.rm(root)
+    factory = resolve_index(request, manifest.rows)
+    if factory is None or manifest.rows == 0:
+        return manifest
 
-    def __init__(self, output: str, request: str):
-        self._output, self._request = output, request
+    def chunks():
+        return (embeddings for _, embeddings in memory_files.iter_chunks(output, manifest))
 
-    def process(self, manifest: dict) -> Iterator[dict]:
-        fs, root = fsspec.core.url_to_fs(f"{self._output}/{INDEX_FILE}")
-        if fs.exists(root):
-            fs.rm(root)
-        factory = resolve_index(self._request, manifest["rows"])
-        if factory is None or manifest["rows"] == 0:
-            yield {**manifest, "index": None}
-            return
-        def chunks():
-            return (embeddings for _, embeddings in memory_files.iter_chunks(self._output, manifest))
-        built = index.build_index(factory, manifest["dim"], chunks, manifest["rows"])
-        recall = index.recall_at_k(built, chunks, manifest["rows"], k=10)
-        index.save_index(built, f"{self._output}/{INDEX_FILE}")
-        yield {**manifest, "index": {"file": INDEX_FILE, "factory": factory, "metric": "inner_product",
-                                     "recall_at_10": round(recall, 4), "recall_queries": min(1000, manifest["rows"])}}
+    built = index.build_index(factory, manifest.plan.dim, chunks, manifest.rows)
+    recall = index.recall_at_k(built, chunks, manifest.rows, k=10)
+    index.save_index(built, f"{output}/{INDEX_FILE}")
+    info = IndexInfo(file=INDEX_FILE, factory=factory, metric="inner_product", recall_at_10=round(recall, 4),
+                     recall_queries=min(1000, manifest.rows))
+    return dataclasses.replace(manifest, index=info)
 
 
 def resolve_index(request: str, rows: int) -> str | None:
@@ -172,12 +117,7 @@ def resolve_index(request: str, rows: int) -> str | None:
     return "Flat" if lowered == "flat" else request
 
 
-def write_manifest(manifest: dict, output: str) -> dict:
-    memory_files.write_manifest(output, manifest)
-    return manifest
-
-
-def plan_build(args: BuildMemoryOptions) -> tuple[dict[str, Any], NormalisationOptions, LengthLimits]:
+def plan_build(args: argparse.Namespace) -> MemoryPlan:
     """Check the arguments, load the CLIP once here (fail fast, fingerprint), and list the inputs."""
     if not args.input or not args.output:
         raise DecapError("--input and --output are required (decap build-memory --help)")
@@ -189,86 +129,53 @@ def plan_build(args: BuildMemoryOptions) -> tuple[dict[str, Any], NormalisationO
         raise DecapError(f"{args.clip_model} does not use CLIP's BPE tokenizer, which build-memory counts tokens with")
     if args.index.lower() not in ("none", "auto", "flat"):
         index.empty_index(args.index, clip.embed_dim)
-    normalisation = NormalisationOptions(lowercase=args.lowercase)
-    limits = LengthLimits(context_length=clip.context_length, min_tokens=args.min_tokens, max_tokens=args.max_tokens)
-    plan = {
-        "output": args.output.rstrip("/"),
-        "clip_model": args.clip_model,
-        "clip_fingerprint": clip.fingerprint,
-        "dim": clip.embed_dim,
-        "num_shards": args.num_shards,
-        "normalisation": normalisation.describe(),
-        "token_limits": {"context_length": limits.context_length, "min_tokens": limits.min_tokens,
-                         "max_tokens": limits.max_tokens},
-        "inputs": corpus.expand_inputs(args.input),
-        "index": args.index,
-    }
-    return plan, normalisation, limits
+    return MemoryPlan(clip_model=args.clip_model, clip_fingerprint=clip.fingerprint, dim=clip.embed_dim,
+                      num_shards=args.num_shards, normalisation=normalisation_of(args).describe(),
+                      token_limits=limits_of(args, clip.context_length), inputs=tuple(corpus.expand_inputs(args.input)))
 
 
-def pipeline_options(argv: list[str] | None) -> PipelineOptions:
-    options = PipelineOptions(argv)
-    if options.view_as(StandardOptions).runner is None:
-        options.view_as(StandardOptions).runner = DEFAULT_RUNNER
-    return options
+def build(argv: list[str] | None = None) -> MemoryManifest:
+    """Build the memory; returns its manifest (also written to ``--output``/manifest.json)."""
+    args, beam_options = options.parse(build_parser(), argv)
+    plan = plan_build(args)
+    output = args.output.rstrip("/")
+    memory_files.begin(output)
 
-
-def run(argv: list[str] | None = None) -> dict:
-    """Build the memory; returns the manifest (also written to ``--output``/manifest.json)."""
-    options = pipeline_options(argv)
-    args = options.view_as(BuildMemoryOptions)
-    plan, normalisation, limits = plan_build(args)
-    output, num_shards = plan["output"], plan["num_shards"]
-    memory_files.begin_build(output, [ERRORS_DIR])
-
-    with beam.Pipeline(options=options) as p:
+    with beam.Pipeline(options=beam_options) as p:
         distinct = p | "DistinctSentences" >> DistinctSentences(
-            plan["inputs"], args.field, normalisation, limits, num_shards, args.batch_size)
+            plan.inputs, args.field, normalisation_of(args), plan.token_limits, plan.num_shards, args.batch_size)
         shards = (
-            distinct["batches"]
+            distinct[BATCHES]
             | "SpreadBatches" >> beam.Reshuffle()
             | "EncodeText" >> EncodeText(args.clip_model, args.clip_checkpoint)
             | "KeyBatchByShard" >> beam.Map(key_encoded_by_shard)
             | "GatherShards" >> beam.GroupByKey()
-            | "WriteShards" >> beam.ParDo(WriteShard(output, num_shards))
+            | "WriteShards" >> beam.ParDo(WriteShard(output, plan.num_shards))
         )
-        dead_files = (
-            distinct[DEAD]
-            | "KeyDeadLetters" >> beam.Map(key_dead_letter, num_shards)
-            | "GroupDeadLetters" >> beam.GroupByKey()
-            | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(output, num_shards))
-        )
+        dead = distinct[DEAD] | "DeadLetters" >> dead_letters.WriteDeadLetters(output, plan.num_shards)
         _ = (
-            p
-            | "AfterAllShards" >> beam.Create([None])
-            | "CompleteMemory" >> beam.ParDo(
-                CompleteMemory(plan),
-                shards=beam.pvalue.AsList(shards),
-                stats=beam.pvalue.AsList(distinct[STATS]),
-                dead=beam.pvalue.AsList(dead_files),
-            )
-            | "BuildIndex" >> beam.ParDo(AddIndex(output, plan["index"]))
-            | "WriteManifest" >> beam.Map(write_manifest, output)
+            {"shards": shards, "stats": distinct[STATS], "dead": dead}
+            | "AfterAllShards" >> Gather()
+            | "CompleteMemory" >> beam.Map(complete_memory, plan, output)
+            | "BuildIndex" >> beam.Map(add_index, output, args.index)
+            | "WriteManifest" >> beam.Map(lambda manifest: memory_files.write_manifest(output, manifest))
         )
     return memory_files.read_manifest(output)
 
 
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """``build``, with the manifest as its JSON."""
+    return build(argv).to_json()
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if "-h" in argv or "--help" in argv:
-        parser = argparse.ArgumentParser(prog="decap build-memory", epilog="Any other flag is a Beam pipeline option.")
-        BuildMemoryOptions._add_argparse_args(parser)
-        parser.print_help()
-        return
-    manifest = run(argv)
-    counts = manifest["counts"]
-    print(f"memory: {manifest['rows']} rows in {len(manifest['shards'])} shards; read {counts['read']}, "
-          f"duplicates {counts['duplicates']}, dead letters {counts['dead']} {counts['dead_by_reason']}")
+    manifest = build(sys.argv[1:] if argv is None else argv)
+    counts = manifest.counts
+    print(f"memory: {manifest.rows} rows in {len(manifest.shards)} shards; read {counts.read}, "
+          f"duplicates {counts.duplicates}, dead letters {counts.dead} {counts.dead_by_reason}")
 
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.WARNING)
-    try:
-        main()
-    except DecapError as error:
-        sys.exit(f"build-memory: error: {error}")
+    from jobs import cli
+
+    sys.exit(cli.main(["build-memory", *sys.argv[1:]]))

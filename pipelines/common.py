@@ -1,10 +1,12 @@
-"""Transforms shared by the pipelines that read, normalise, dedupe and encode text corpora.
+"""What the text pipelines (build-memory, make-shards) share: corpus flags and the text steps.
 
-``DistinctSentences`` (read, normalise, filter, dedupe, batch) -> ``EncodeText``. Refused inputs
-leave on the ``DEAD`` output as ``decap_core.corpus.DeadLetter``s.
+``add_corpus_flags`` defines the corpus, CLIP and token flags once; ``DistinctSentences`` (read,
+normalise, filter, dedupe, batch) -> ``EncodeText``. Refused inputs leave on the ``DEAD`` output
+as plain tuples of ``decap_core.dead_letters.DeadLetter``'s fields.
 """
 from __future__ import annotations
 
+import argparse
 from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
@@ -16,18 +18,42 @@ from decap_core import corpus
 from decap_core.clip import ClipModel, encode_tokens_packed, load_clip
 from decap_core.textnorm import LengthLimits, NormalisationOptions, shard_of
 from decap_core.vocab import pad_batch
+from pipelines.steps import Split, batches_of, count
 
 DEAD = "dead"
 STATS = "stats"
-NAMESPACE = "decap"
+BATCHES = "batches"
+_LISTS = "lists"
 
 
-def count(name: str, value: int = 1) -> None:
-    beam.metrics.Metrics.counter(NAMESPACE, name).inc(value)
+def add_clip_flags(parser: argparse.ArgumentParser) -> None:
+    """``--clip-model``, ``--clip-checkpoint`` and ``--batch-size``."""
+    parser.add_argument("--clip-model", default="toy-clip", help="open_clip architecture or toy config")
+    parser.add_argument("--clip-checkpoint", default=None, help="CLIP weights (path or fsspec URL); none: random")
+    parser.add_argument("--batch-size", type=int, default=512, help="sentences per CLIP forward pass")
+
+
+def add_corpus_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a text corpus, its CLIP and its token limits."""
+    parser.add_argument("--input", action="extend", nargs="+", default=None,
+                        help="fsspec glob(s) of .txt / .jsonl / .parquet files, optionally .gz or .zst")
+    parser.add_argument("--field", default="text", help="JSON field of .jsonl rows, column of .parquet files")
+    add_clip_flags(parser)
+    parser.add_argument("--lowercase", action="store_true", help="lower-case sentences when normalising")
+    parser.add_argument("--min-tokens", type=int, default=3, help="fewest CLIP tokens, start and end included")
+    parser.add_argument("--max-tokens", type=int, default=None, help="most CLIP tokens (default: the context)")
+
+
+def normalisation_of(args: argparse.Namespace) -> NormalisationOptions:
+    return NormalisationOptions(lowercase=args.lowercase)
+
+
+def limits_of(args: argparse.Namespace, context_length: int) -> LengthLimits:
+    return LengthLimits(context_length=context_length, min_tokens=args.min_tokens, max_tokens=args.max_tokens)
 
 
 class _ReadAndPrepare(beam.DoFn):
-    """One corpus file -> its kept sentences as ``(group, [fields])`` lists, + ``DEAD`` records.
+    """One corpus file -> its kept sentences as ``(group, [fields])`` lists, and ``DEAD`` records.
 
     Sentences leave in lists of up to ``chunk`` per group rather than one element each, so the
     shuffle that follows moves a few thousand elements instead of one per line, and as plain
@@ -47,14 +73,15 @@ class _ReadAndPrepare(beam.DoFn):
             if not isinstance(record, corpus.DeadLetter):
                 record = corpus.prepare(record, self._options, self._limits)
             if isinstance(record, corpus.DeadLetter):
-                yield beam.pvalue.TaggedOutput(DEAD, record)
+                yield DEAD, tuple(record)
                 continue
             group = shard_of(record.id, self._groups)
             sentences = lists.setdefault(group, [])
             sentences.append(tuple(record))
             if len(sentences) == self._chunk:
-                yield group, lists.pop(group)
-        yield from lists.items()
+                yield _LISTS, (group, lists.pop(group))
+        for group_lists in lists.items():
+            yield _LISTS, group_lists
         count("read", records)  # once a file: a counter update per line cost more than the read
 
 
@@ -82,10 +109,10 @@ class DedupeAndBatch(beam.DoFn):
                 if kept is None or sentence.source < kept.source:
                     first[sentence.id] = sentence
         count("duplicates", seen - len(first))
-        yield beam.pvalue.TaggedOutput(STATS, {"shard": group, "sentences": seen, "distinct": len(first)})
+        yield STATS, {"shard": group, "sentences": seen, "distinct": len(first)}
         rows = [tuple(sentence) for sentence in sorted(first.values(), key=lambda s: (len(s.tokens), s.id))]
         for number, batch in enumerate(batches_of(rows, self._batch_size)):
-            yield (group, number), batch
+            yield BATCHES, ((group, number), batch)
 
 
 class DistinctSentences(beam.PTransform):
@@ -93,8 +120,8 @@ class DistinctSentences(beam.PTransform):
 
     Each file is read, normalised and filtered by one worker (files are spread over workers);
     sentences are grouped by ``hash(id) mod groups`` and deduped there. Outputs, by name:
-    ``batches``; ``STATS``, one ``{shard, sentences, distinct}`` per group; ``DEAD``, the refused
-    records as ``decap_core.corpus.DeadLetter``s.
+    ``BATCHES``; ``STATS``, one ``{shard, sentences, distinct}`` per group; ``DEAD``, the refused
+    records (``DeadLetter`` fields).
     """
 
     def __init__(self, files: Sequence[str], field: str, options: NormalisationOptions, limits: LengthLimits,
@@ -109,16 +136,16 @@ class DistinctSentences(beam.PTransform):
             pbegin
             | "ListFiles" >> beam.Create(self._files)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadAndPrepare" >> beam.ParDo(
-                _ReadAndPrepare(self._field, self._options, self._limits, self._groups)
-            ).with_outputs(DEAD, main="lists")
+            | "ReadAndPrepare" >> beam.ParDo(_ReadAndPrepare(self._field, self._options, self._limits, self._groups))
+            | "SplitPrepared" >> Split(_LISTS, DEAD)
         )
         deduped = (
-            prepared.lists
+            prepared[_LISTS]
             | "GroupById" >> beam.GroupByKey()
-            | "DedupeAndBatch" >> beam.ParDo(DedupeAndBatch(self._batch_size)).with_outputs(STATS, main="batches")
+            | "DedupeAndBatch" >> beam.ParDo(DedupeAndBatch(self._batch_size))
+            | "SplitDeduped" >> Split(BATCHES, STATS)
         )
-        return {"batches": deduped.batches, STATS: deduped[STATS], DEAD: prepared[DEAD]}
+        return {BATCHES: deduped[BATCHES], STATS: deduped[STATS], DEAD: prepared[DEAD]}
 
 
 class _EncodeBatches(beam.DoFn):
@@ -135,18 +162,17 @@ class _EncodeBatches(beam.DoFn):
     def _load(self) -> ClipModel:
         return load_clip(self._clip_model, self._clip_checkpoint)  # no checkpoint: seeded random weights
 
-    def process(self, element: tuple[Any, list[tuple]]) -> Iterator[tuple[Any, list[corpus.Sentence], np.ndarray]]:
+    def process(self, element: tuple[Any, list[tuple]]) -> Iterator[tuple[Any, list[tuple], np.ndarray]]:
         key, rows = element
-        sentences = [corpus.Sentence._make(row) for row in rows]
-        tokens = torch.from_numpy(pad_batch([s.tokens for s in sentences]))
+        tokens = torch.from_numpy(pad_batch([corpus.Sentence._make(row).tokens for row in rows]))
         with torch.no_grad():
             embeddings = encode_tokens_packed(self._clip.model, tokens).float().numpy()
-        count("encoded", len(sentences))
-        yield key, sentences, embeddings
+        count("encoded", len(rows))
+        yield key, [tuple(row) for row in rows], embeddings
 
 
 class EncodeText(beam.PTransform):
-    """``(key, [Sentence or its fields])`` -> ``(key, [Sentence], float32 [n, D] unit-norm embeddings)``.
+    """``(key, [Sentence fields])`` -> ``(key, [Sentence fields], float32 [n, D] unit-norm embeddings)``.
 
     The tokens carried by each ``Sentence`` are encoded without their padding, packed several to
     a row (``decap_core.clip.encode_tokens_packed``): the same numbers as open_clip's
@@ -159,7 +185,3 @@ class EncodeText(beam.PTransform):
 
     def expand(self, batches):
         return batches | "Encode" >> beam.ParDo(_EncodeBatches(self._clip_model, self._clip_checkpoint))
-
-
-def batches_of(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    return (items[start : start + size] for start in range(0, len(items), size))

@@ -3,19 +3,19 @@
 Run as ``decap make-shards ...`` or ``python -m pipelines.make_train_shards ...``; every other flag
 is a Beam pipeline option (without ``--runner``: the in-process ``FnApiRunner``, no network).
 
-From corpora (``--input``) it reuses build-memory's steps: read, normalise/filter, dedupe, encode
-with the CLIP text tower. From a memory (``--memory``) it reuses the memory's embeddings and only
-tokenises. Either way every sentence gets a shuffle key (a hash of seed and id), so the order, the
-split and the bytes of every shard are the same on every rerun: the first ``--validation-samples``
-in that order go to ``valid-NNNNNN.tar``, the rest to ``train-NNNNNN.tar``, ``--samples-per-shard``
-each. ``vocab.json`` (token counts, CLIP fingerprint, shard list) is written last; a rerun first
-removes it, and at the end deletes shards of an earlier run that this one did not write.
+From corpora (``--input``) it takes build-memory's steps: read, normalise/filter, dedupe, encode
+with the CLIP text tower. From a memory (``--memory``) it takes the memory's sentences and
+embeddings and only tokenises. Either way every sentence gets a shuffle key (a hash of seed and
+id), so the order, the split and the bytes of every shard are the same on every rerun: the first
+``--validation-samples`` in that order go to ``valid-NNNNNN.tar``, the rest to
+``train-NNNNNN.tar``, ``--samples-per-shard`` each. ``vocab.json`` (token counts, CLIP
+fingerprint, shard list) is written last; a rerun first removes it, and at the end deletes shards
+of an earlier run that this one did not write.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import logging
 import sys
 from collections import Counter
 from typing import Any, Iterable, Iterator
@@ -23,86 +23,95 @@ from typing import Any, Iterable, Iterator
 import apache_beam as beam
 import fsspec
 import numpy as np
-import pyarrow.parquet as pq
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from decap_core import corpus, memory_files
+from decap_core import artifacts, corpus, memory_files
 from decap_core import shards as shard_files
 from decap_core.clip import load_clip
+from decap_core.dead_letters import DIRECTORY as ERRORS_DIR
+from decap_core.dead_letters import DeadLetter
 from decap_core.errors import DecapError
-from decap_core.textnorm import LengthLimits, NormalisationOptions
+from decap_core.shards import Sample, ShardFile, ShardsManifest, ShardsPlan
+from decap_core.textnorm import LengthLimits
 from decap_core.vocab import clip_token_ids
-from pipelines.build_memory import ERRORS_DIR, BuildMemoryOptions, WriteDeadLetters, key_dead_letter, pipeline_options
-from pipelines.common import DEAD, DistinctSentences, EncodeText, count
+from pipelines import dead_letters, options
+from pipelines.common import BATCHES, DEAD, DistinctSentences, EncodeText, add_corpus_flags, limits_of, normalisation_of
+from pipelines.steps import Gather, Split, count
 
 DEDUPE_GROUPS = 64  # parallelism of the global dedupe (each group must fit in a worker)
 BUCKET_DIGITS = 3  # samples are ranked within 16**3 buckets of the shuffle key
+SAMPLES = "samples"
 
 
-class MakeShardsOptions(PipelineOptions):
-    """The options of ``decap make-shards`` beyond the corpus, CLIP and token options it shares with
-    ``BuildMemoryOptions`` (Beam parses every options class with one parser, so a flag is defined once)."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--memory", help="a built support memory to take sentences and embeddings from, "
-                                             "instead of --input (no second encoding)")
-        parser.add_argument("--samples-per-shard", type=int, default=5000)
-        parser.add_argument("--validation-samples", type=int, default=1000, help="held out into valid-*.tar")
-        parser.add_argument("--emb-dtype", choices=sorted(shard_files.EMB_DTYPES), default="float16")
-        parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle order")
+def build_parser() -> argparse.ArgumentParser:
+    parser = options.new_parser(
+        "decap make-shards", "Write the decoder's WebDataset train shards (a Beam pipeline) from text corpora\n"
+        "(--input) or a built support memory (--memory). With --memory, sentences, embeddings and CLIP are\n"
+        "the memory's: --clip-checkpoint is only checked against its fingerprint, and --field, --lowercase,\n"
+        "--clip-model and --batch-size are --input's.")
+    add_corpus_flags(parser)
+    parser.add_argument("--memory", help="a built support memory to take sentences and embeddings from, "
+                                         "instead of --input (no second encoding)")
+    parser.add_argument("--output", help="fsspec URL of the shard directory")
+    parser.add_argument("--samples-per-shard", type=int, default=5000)
+    parser.add_argument("--validation-samples", type=int, default=1000, help="held out into valid-*.tar")
+    parser.add_argument("--emb-dtype", choices=sorted(shard_files.EMB_DTYPES), default="float16")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle order")
+    return parser
 
 
 def shuffle_key(seed: int, sentence_id: str) -> str:
     return hashlib.sha256(f"{seed}:{sentence_id}".encode()).hexdigest()
 
 
-def encoded_to_samples(encoded: tuple[Any, list[corpus.Sentence], np.ndarray]) -> Iterator[shard_files.Sample]:
-    _, sentences, embeddings = encoded
-    for sentence, embedding in zip(sentences, embeddings):
-        yield shard_files.Sample(sentence.id, sentence.text, np.asarray(sentence.tokens, np.int32), embedding)
+def encoded_to_samples(encoded: tuple[Any, list[tuple], np.ndarray]) -> Iterator[Sample]:
+    _, rows, embeddings = encoded
+    for row, embedding in zip(rows, embeddings):
+        sentence = corpus.Sentence._make(row)
+        yield Sample(sentence.id, sentence.text, np.asarray(sentence.tokens, np.int32), embedding)
 
 
 class ReadMemoryShard(beam.DoFn):
-    """One Parquet shard of a support memory -> ``Sample``s (tokenised here, embeddings as stored)."""
+    """One Parquet shard of a support memory -> ``(SAMPLES, Sample)`` (tokenised here, embeddings
+    as stored) and ``(DEAD, letter)`` for sentences outside the token limits."""
 
     def __init__(self, dim: int, limits: LengthLimits):
         self._dim, self._limits = dim, limits
 
-    def process(self, url: str) -> Iterator[Any]:
-        with fsspec.open(url, "rb") as handle:
-            table = pq.read_table(handle, columns=["id", "text", "embedding", "source"])
-        embeddings = table.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
-        embeddings = embeddings.reshape(table.num_rows, self._dim)
-        for row, (key, text, source) in enumerate(zip(*(table.column(c).to_pylist() for c in ("id", "text", "source")))):
+    def process(self, url: str) -> Iterator[tuple[str, Any]]:
+        rows = memory_files.read_shard(url, self._dim)
+        count("read", len(rows.ids))
+        for key, text, embedding, source in zip(rows.ids, rows.texts, rows.embeddings, rows.sources):
             tokens = clip_token_ids(text)
             problem = self._limits.problem(len(tokens))
-            count("read")
             if problem is not None:
-                yield beam.pvalue.TaggedOutput(DEAD, corpus.DeadLetter(source, "filter", problem, f"{len(tokens)} tokens"))
+                yield DEAD, tuple(DeadLetter(source, "filter", problem, f"{len(tokens)} tokens"))
             else:
-                yield shard_files.Sample(key, text, np.asarray(tokens, np.int32), embeddings[row])
+                yield SAMPLES, Sample(key, text, np.asarray(tokens, np.int32), embedding)
 
 
-def key_by_bucket(sample: shard_files.Sample, seed: int) -> tuple[str, shard_files.Sample]:
+def key_by_bucket(sample: Sample, seed: int) -> tuple[str, Sample]:
     return shuffle_key(seed, sample.key)[:BUCKET_DIGITS], sample
 
 
-def sort_bucket(element: tuple[str, Iterable[shard_files.Sample]], seed: int) -> tuple[str, list[shard_files.Sample]]:
-    bucket, samples = element
-    return bucket, sorted(samples, key=lambda sample: shuffle_key(seed, sample.key))
+def bucket_offsets(gathered: dict[str, list[tuple[str, int]]]) -> Iterator[tuple[str, int]]:
+    """``(bucket, samples in the buckets before it)``: buckets are ranges of the shuffle key."""
+    offset = 0
+    for bucket, size in sorted(gathered["sizes"]):
+        yield bucket, offset
+        offset += size
 
 
 class PlaceSamples(beam.DoFn):
-    """A sorted bucket -> ``((split, shard), (rank, sample))``: buckets are ranges of the shuffle key,
-    so a sample's global rank is the size of the buckets before its own plus its place in it."""
+    """A bucket's samples and offset -> ``((split, shard), (rank, sample))``: a sample's global rank
+    is its bucket's offset plus its place in the bucket, in shuffle-key order."""
 
-    def __init__(self, per_shard: int, validation: int):
-        self._per_shard, self._validation = per_shard, validation
+    def __init__(self, per_shard: int, validation: int, seed: int):
+        self._per_shard, self._validation, self._seed = per_shard, validation, seed
 
-    def process(self, element: tuple[str, list[shard_files.Sample]], sizes: dict[str, int]) -> Iterator[Any]:
-        bucket, samples = element
-        offset = sum(size for other, size in sizes.items() if other < bucket)
+    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
+        _, joined = element
+        (offset,) = joined["offset"]
+        samples = sorted(joined["samples"], key=lambda sample: shuffle_key(self._seed, sample.key))
         for place, sample in enumerate(samples):
             rank = offset + place
             split, position = ("valid", rank) if rank < self._validation else ("train", rank - self._validation)
@@ -115,7 +124,7 @@ class WriteTrainShard(beam.DoFn):
     def __init__(self, output: str, emb_dtype: str):
         self._output, self._emb_dtype = output, emb_dtype
 
-    def process(self, element: tuple[tuple[str, int], Iterable[tuple[int, shard_files.Sample]]]) -> Iterator[dict]:
+    def process(self, element: tuple[tuple[str, int], Iterable[tuple[int, Sample]]]) -> Iterator[dict]:
         (split, index), ranked = element
         samples = [sample for _, sample in sorted(ranked, key=lambda item: item[0])]
         name = shard_files.shard_name(split, index)
@@ -128,139 +137,119 @@ class WriteTrainShard(beam.DoFn):
         yield {"name": name, "split": split, "samples": len(samples), "token_counts": dict(tokens)}
 
 
-class CompleteShards(beam.DoFn):
-    """After every shard: delete stale files, total the counts, and give the ``vocab.json`` contents."""
+def complete_shards(gathered: dict[str, list[dict]], plan: ShardsPlan, output: str) -> ShardsManifest:
+    """After every shard: delete stale files, total the counts: the ``vocab.json`` contents."""
+    shards = sorted(gathered["shards"], key=lambda shard: shard["name"])
+    names = {split: [s["name"] for s in shards if s["split"] == split] for split in shard_files.SPLITS}
+    for split in shard_files.SPLITS:
+        artifacts.remove_stale(output, f"{split}-*.tar", names[split])
+    letters, _ = dead_letters.finish(output, gathered["dead"])
+    tokens: Counter = Counter()
+    for shard in shards:
+        tokens.update(shard["token_counts"])
 
-    def __init__(self, plan: dict[str, Any]):
-        self._plan = plan
+    def pattern(split: str) -> str | None:
+        return shard_files.brace_pattern(output, split, len(names[split])) if names[split] else None
 
-    def process(self, _: Any, shards: list[dict], dead: list[dict]) -> Iterator[dict]:
-        output = self._plan["output"]
-        shards = sorted(shards, key=lambda shard: shard["name"])
-        names = {split: [s["name"] for s in shards if s["split"] == split] for split in shard_files.SPLITS}
-        for split in shard_files.SPLITS:
-            memory_files.remove_stale(output, f"{split}-*.tar", names[split])
-        dead = sorted(dead, key=lambda item: item["name"])
-        memory_files.remove_stale(f"{output}/{ERRORS_DIR}", memory_files.DEAD_LETTER_GLOB,
-                                  [d["name"].split("/")[-1] for d in dead])
-        tokens: Counter = Counter()
-        for shard in shards:
-            tokens.update(shard["token_counts"])
-        samples = {split: sum(s["samples"] for s in shards if s["split"] == split) for split in shard_files.SPLITS}
-        yield {
-            **{k: v for k, v in self._plan.items() if k != "output"},
-            "samples": samples,
-            "shards": [{"name": s["name"], "samples": s["samples"]} for s in shards],
-            "train_pattern": shard_files.brace_pattern(output, "train", len(names["train"])) if names["train"] else None,
-            "validation_pattern": shard_files.brace_pattern(output, "valid", len(names["valid"])) if names["valid"] else None,
-            "dead_letters": [{"name": d["name"], "rows": d["rows"]} for d in dead],
-            "dead": sum(d["rows"] for d in dead),
-            "token_counts": {str(t): n for t, n in sorted(tokens.items())},
-        }
+    return ShardsManifest(
+        plan=plan,
+        samples={split: sum(s["samples"] for s in shards if s["split"] == split) for split in shard_files.SPLITS},
+        shards=tuple(ShardFile(s["name"], s["samples"]) for s in shards),
+        train_pattern=pattern("train"),
+        validation_pattern=pattern("valid"),
+        dead_letters=letters,
+        dead=sum(letter.rows for letter in letters),
+        token_counts=dict(sorted(tokens.items())),
+    )
 
 
-def write_vocab(metadata: dict[str, Any], output: str) -> dict[str, Any]:
-    if metadata["samples"]["train"]:  # no training sample: run() reports it and marks nothing finished
-        shard_files.write_vocab(output, metadata)
-    return metadata
+def write_vocab(manifest: ShardsManifest, output: str) -> None:
+    if manifest.samples["train"]:  # no training sample: run() reports it and marks nothing finished
+        shard_files.write_vocab(output, manifest)
 
 
-def plan_shards(args: argparse.Namespace) -> tuple[dict[str, Any], LengthLimits]:
-    """Check the arguments and the source; load the CLIP once (fail fast, fingerprint)."""
+def plan_shards(args: argparse.Namespace) -> tuple[ShardsPlan, list[str]]:
+    """Check the arguments and the source; load the CLIP once (fail fast, fingerprint).
+
+    Returns the plan and the files to read: the memory's shards, or the corpus files.
+    """
     if bool(args.input) == bool(args.memory) or not args.output:
         raise DecapError("give --output and exactly one of --input or --memory (decap make-shards --help)")
     if min(args.samples_per_shard, args.batch_size) < 1 or args.validation_samples < 0:
         raise DecapError("--samples-per-shard and --batch-size must be at least 1, --validation-samples at least 0")
-    plan: dict[str, Any] = {"output": args.output.rstrip("/"), "samples_per_shard": args.samples_per_shard,
-                            "validation_samples": args.validation_samples, "emb_dtype": args.emb_dtype, "seed": args.seed}
     if args.memory:
         manifest = memory_files.read_manifest(args.memory)
-        if args.clip_checkpoint and load_clip(args.clip_model, args.clip_checkpoint).fingerprint != manifest["clip_fingerprint"]:
-            raise DecapError(f"memory {args.memory} was built with CLIP {manifest['clip_fingerprint']}, not {args.clip_checkpoint}")
-        for shard in manifest["shards"]:
-            url = f"{args.memory.rstrip('/')}/{shard['name']}"
+        built = manifest.plan
+        if args.clip_checkpoint and load_clip(args.clip_model, args.clip_checkpoint).fingerprint != built.clip_fingerprint:
+            raise DecapError(f"memory {args.memory} was built with CLIP {built.clip_fingerprint}, not {args.clip_checkpoint}")
+        files = memory_files.shard_urls(args.memory, manifest)
+        for url in files:
             fs, path = fsspec.core.url_to_fs(url)
             if not fs.exists(path):
                 raise DecapError(f"memory shard missing: {url}")
-        context = manifest["token_limits"]["context_length"]
-        plan.update(clip_model=manifest["clip_model"], clip_fingerprint=manifest["clip_fingerprint"], dim=manifest["dim"],
-                    source={"memory": args.memory.rstrip("/"), "memory_rows": manifest["rows"]},
-                    normalisation=manifest["normalisation"])
+        clip = dict(clip_model=built.clip_model, clip_fingerprint=built.clip_fingerprint, dim=built.dim,
+                    normalisation=built.normalisation)
+        context = built.token_limits.context_length
+        source: dict[str, Any] = {"memory": args.memory.rstrip("/"), "memory_rows": manifest.rows}
     else:
-        clip = load_clip(args.clip_model, args.clip_checkpoint)
-        context = clip.context_length
-        plan.update(clip_model=args.clip_model, clip_fingerprint=clip.fingerprint, dim=clip.embed_dim,
-                    source={"inputs": corpus.expand_inputs(args.input)},
-                    normalisation=NormalisationOptions(lowercase=args.lowercase).describe())
-    limits = LengthLimits(context_length=context, min_tokens=args.min_tokens, max_tokens=args.max_tokens)
-    plan["token_limits"] = {"context_length": limits.context_length, "min_tokens": limits.min_tokens,
-                            "max_tokens": limits.max_tokens}
-    return plan, limits
+        loaded = load_clip(args.clip_model, args.clip_checkpoint)
+        clip = dict(clip_model=args.clip_model, clip_fingerprint=loaded.fingerprint, dim=loaded.embed_dim,
+                    normalisation=normalisation_of(args).describe())
+        context = loaded.context_length
+        files = corpus.expand_inputs(args.input)
+        source = {"inputs": files}
+    plan = ShardsPlan(**clip, token_limits=limits_of(args, context), source=source,
+                      samples_per_shard=args.samples_per_shard, validation_samples=args.validation_samples,
+                      emb_dtype=args.emb_dtype, seed=args.seed)
+    return plan, files
 
 
-def begin(output: str) -> None:
-    """Make the directories and unmark an earlier set of shards there (a failed rerun is never read)."""
-    fs, root = fsspec.core.url_to_fs(output)
-    fs.makedirs(f"{root}/{ERRORS_DIR}", exist_ok=True)
-    if fs.exists(f"{root}/{shard_files.VOCAB_FILE}"):
-        fs.rm(f"{root}/{shard_files.VOCAB_FILE}")
-
-
-def run(argv: list[str] | None = None) -> dict[str, Any]:
+def make(argv: list[str] | None = None) -> ShardsManifest:
     """Make the shards; returns the ``vocab.json`` contents."""
-    options = pipeline_options(argv)
-    args = argparse.Namespace(**options.get_all_options())
-    plan, limits = plan_shards(args)
-    output = plan["output"]
-    begin(output)
+    args, beam_options = options.parse(build_parser(), argv)
+    plan, files = plan_shards(args)
+    output = args.output.rstrip("/")
+    shard_files.begin(output)
 
-    with beam.Pipeline(options=options) as p:
+    with beam.Pipeline(options=beam_options) as p:
         if args.memory:
-            manifest = memory_files.read_manifest(args.memory)
             read = (
                 p
-                | "ListMemoryShards" >> beam.Create([f"{args.memory.rstrip('/')}/{s['name']}" for s in manifest["shards"]])
+                | "ListMemoryShards" >> beam.Create(files)
                 | "SpreadMemoryShards" >> beam.Reshuffle()
-                | "ReadMemory" >> beam.ParDo(ReadMemoryShard(plan["dim"], limits)).with_outputs(DEAD, main="samples")
+                | "ReadMemory" >> beam.ParDo(ReadMemoryShard(plan.dim, plan.token_limits))
+                | "SplitRead" >> Split(SAMPLES, DEAD)
             )
-            samples, dead = read.samples, [read[DEAD]]
+            samples, dead = read[SAMPLES], read[DEAD]
         else:
             distinct = p | "DistinctSentences" >> DistinctSentences(
-                plan["source"]["inputs"], args.field, NormalisationOptions(lowercase=args.lowercase), limits,
-                DEDUPE_GROUPS, args.batch_size)
+                files, args.field, normalisation_of(args), plan.token_limits, DEDUPE_GROUPS, args.batch_size)
             samples = (
-                distinct["batches"]
+                distinct[BATCHES]
                 | "SpreadBatches" >> beam.Reshuffle()
                 | "EncodeText" >> EncodeText(args.clip_model, args.clip_checkpoint)
                 | "ToSamples" >> beam.FlatMap(encoded_to_samples)
             )
-            dead = [distinct[DEAD]]
-        buckets = (
-            samples
-            | "KeyByBucket" >> beam.Map(key_by_bucket, args.seed)
-            | "GroupByBucket" >> beam.GroupByKey()
-            | "SortBucket" >> beam.Map(sort_bucket, args.seed)
+            dead = distinct[DEAD]
+        keyed = samples | "KeyByBucket" >> beam.Map(key_by_bucket, args.seed)
+        offsets = (
+            {"sizes": keyed | "OnePerSample" >> beam.Map(lambda kv: (kv[0], 1))
+             | "BucketSizes" >> beam.CombinePerKey(sum)}
+            | "AllBucketSizes" >> Gather()
+            | "BucketOffsets" >> beam.FlatMap(bucket_offsets)
         )
-        sizes = buckets | "BucketSizes" >> beam.Map(lambda bucket: (bucket[0], len(bucket[1])))
         written = (
-            buckets
-            | "PlaceSamples" >> beam.ParDo(PlaceSamples(args.samples_per_shard, args.validation_samples),
-                                           sizes=beam.pvalue.AsDict(sizes))
+            {"samples": keyed, "offset": offsets}
+            | "JoinOffsets" >> beam.CoGroupByKey()
+            | "PlaceSamples" >> beam.ParDo(PlaceSamples(args.samples_per_shard, args.validation_samples, args.seed))
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteShards" >> beam.ParDo(WriteTrainShard(output, args.emb_dtype))
         )
-        dead_files = (
-            dead
-            | "CollectDeadLetters" >> beam.Flatten()
-            | "KeyDeadLetters" >> beam.Map(key_dead_letter, 1)
-            | "GroupDeadLetters" >> beam.GroupByKey()
-            | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(output, 1))
-        )
+        dead_files = dead | "DeadLetters" >> dead_letters.WriteDeadLetters(output, 1)
         _ = (
-            p
-            | "AfterAllShards" >> beam.Create([None])
-            | "CompleteShards" >> beam.ParDo(CompleteShards(plan), shards=beam.pvalue.AsList(written),
-                                             dead=beam.pvalue.AsList(dead_files))
+            {"shards": written, "dead": dead_files}
+            | "AfterAllShards" >> Gather()
+            | "CompleteShards" >> beam.Map(complete_shards, plan, output)
             | "WriteVocab" >> beam.Map(write_vocab, output)
         )
     try:
@@ -270,28 +259,21 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                          f"see {output}/{ERRORS_DIR})") from None
 
 
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """``make``, with the ``vocab.json`` contents as JSON."""
+    return make(argv).to_json()
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if "-h" in argv or "--help" in argv:
-        parser = argparse.ArgumentParser(
-            prog="decap make-shards", epilog="--num-shards and --index are build-memory's and unused here. "
-            "With --memory, --clip-checkpoint is only checked against the memory's fingerprint. "
-            "Any other flag is a Beam pipeline option.")
-        BuildMemoryOptions._add_argparse_args(parser)
-        MakeShardsOptions._add_argparse_args(parser)
-        parser.print_help()
-        return
-    meta = run(argv)
-    train = [s for s in meta["shards"] if s["name"].startswith("train-")]
-    print(f"train shards: {meta['samples']['train']} samples in {len(train)} shards, "
-          f"validation: {meta['samples']['valid']} samples, dead letters: {meta['dead']}")
-    validation = f" --validation '{meta['validation_pattern']}'" if meta["validation_pattern"] else " --validation URL"
-    print(f"decap train-decoder --train '{meta['train_pattern']}'{validation} --out DIR")
+    manifest = make(sys.argv[1:] if argv is None else argv)
+    train = [s for s in manifest.shards if s.name.startswith("train-")]
+    print(f"train shards: {manifest.samples['train']} samples in {len(train)} shards, "
+          f"validation: {manifest.samples['valid']} samples, dead letters: {manifest.dead}")
+    validation = f" --validation '{manifest.validation_pattern}'" if manifest.validation_pattern else " --validation URL"
+    print(f"decap train-decoder --train '{manifest.train_pattern}'{validation} --out DIR")
 
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.WARNING)
-    try:
-        main()
-    except DecapError as error:
-        sys.exit(f"make-shards: error: {error}")
+    from jobs import cli
+
+    sys.exit(cli.main(["make-shards", *sys.argv[1:]]))

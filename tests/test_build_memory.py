@@ -114,7 +114,7 @@ def test_rerun_gives_identical_shards_and_another_shard_count_replaces_them(corp
     run(["--input", str(root / "a.txt"), "--output", str(tmp_path), "--clip-checkpoint", checkpoint,
          "--num-shards", "2", "--runner=FnApiRunner"])
     assert sorted(p.name for p in tmp_path.glob("memory-*")) == [f"memory-0000{i}-of-00002.parquet" for i in range(2)]
-    assert read_manifest(str(tmp_path))["num_shards"] == 2
+    assert read_manifest(str(tmp_path)).plan.num_shards == 2
 
 
 def test_user_errors_are_one_line(tmp_path, capsys):

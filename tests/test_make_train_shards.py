@@ -80,7 +80,7 @@ def test_rerun_is_byte_identical_and_another_shard_size_replaces_the_shards(corp
         assert (tmp_path / shard["name"]).read_bytes() == (output / shard["name"]).read_bytes()
     again = make(corpus, tmp_path, "--samples-per-shard", "100", "--seed", "7")
     assert sorted(p.name for p in tmp_path.glob("*.tar")) == [f"train-00000{i}.tar" for i in range(3)] + ["valid-000000.tar"]
-    assert shard_files.read_vocab(str(tmp_path))["seed"] == 7 and again["samples"] == metadata["samples"]
+    assert shard_files.read_vocab(str(tmp_path)).plan.seed == 7 and again["samples"] == metadata["samples"]
     assert {s.text for s in read_all(again, "valid")} != {s.text for s in read_all(metadata, "valid")}
 
 
