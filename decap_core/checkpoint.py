@@ -71,6 +71,11 @@ def load_decoder(directory: str, device: str = "cpu") -> DecoderBundle:
         state = load_safetensors(raw_weights)
     except Exception as error:  # safetensors raises several types for a damaged header or body
         raise DecapError(f"decoder weights {directory}/{WEIGHTS} are damaged ({type(error).__name__})") from None
+    recorded = metadata.get("fingerprint")
+    actual = hashlib.sha256(raw_weights).hexdigest()[:16]
+    if recorded is not None and recorded != actual:
+        raise DecapError(f"decoder weights {directory}/{WEIGHTS} are not the ones {METADATA} describes "
+                         f"(fingerprint {actual}, recorded {recorded}): a replaced or damaged file")
     model = Decoder(config)
     try:
         model.load_state_dict(state, strict=True)
@@ -78,4 +83,5 @@ def load_decoder(directory: str, device: str = "cpu") -> DecoderBundle:
         first = str(error).splitlines()[0]
         raise DecapError(f"decoder weights {directory}/{WEIGHTS} do not match decoder.json: {first}") from None
     info = {k: v for k, v in metadata.items() if k not in ("config", "vocab_clip_ids", "clip_fingerprint")}
+    info["fingerprint"] = actual  # of the weights as read, so every artifact names the weights it used
     return DecoderBundle(model.to(device).eval(), vocab, metadata["clip_fingerprint"], info)

@@ -1,6 +1,7 @@
 """The support memory: CLIP text embeddings of a corpus, with their texts."""
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -22,13 +23,14 @@ class SupportMemory:
     def __len__(self) -> int:
         return len(self.texts)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """Hash of the texts and the CLIP that embedded them."""
-        digest = hashlib.sha256(self.clip_fingerprint.encode())
+        """Hash of the CLIP that embedded the memory, its texts and its embeddings' bytes."""
+        digest = hashlib.blake2b(self.clip_fingerprint.encode(), digest_size=8)
         for text in self.texts:
             digest.update(text.encode() + b"\n")
-        return digest.hexdigest()[:16]
+        digest.update(self.embeddings.float().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     @property
     def dim(self) -> int:
