@@ -10,7 +10,7 @@ COMMANDS = {
     "demo": ("jobs.demo", "run the main job end to end on the toy world"),
     "train-clip": ("jobs.train_clip", "train the toy world's tiny CLIP"),
     "train-decoder": ("jobs.train_decoder", "train the DeCap decoder on text only"),
-    "caption": ("jobs.caption_cli", "caption a glob of image files into Parquet"),
+    "caption": ("pipelines.caption", "caption image archives or image embeddings in bulk (Beam pipeline)"),
     "build-memory": ("pipelines.build_memory", "build a support memory from text corpora (Beam pipeline)"),
     "make-shards": ("pipelines.make_train_shards", "write the decoder's WebDataset train shards (Beam pipeline)"),
 }

@@ -1,9 +1,11 @@
-"""The main job on the toy world, end to end: CLIP, decoder, memory, captions, quality table.
+"""The main job on the toy world, end to end, through the real chain of pipelines and trainers.
 
 1. train the tiny CLIP on rendered image/caption pairs (or reuse the one in the work directory);
-2. train the toy decoder on grammar text only;
-3. build a support memory from other grammar text with the Beam pipeline (local runner);
-4. render held-out images to files and caption them into Parquet with every strategy;
+2. build a support memory from grammar text with ``decap build-memory`` (Beam, local runner);
+3. write the decoder's train shards from other grammar text with ``decap make-shards`` (Beam) and
+   train the toy decoder from them with ``decap train-decoder`` (text only);
+4. pack held-out images into WebDataset tars in img2dataset's layout and caption them with
+   ``decap caption`` (Beam) under every strategy;
 5. print object accuracy per strategy and a tau sweep, and plot the sweep; print what ``pd`` reaches
    from each image's own caption (a perfect CLIP), the ceiling the memory and decoder set.
 
@@ -20,36 +22,27 @@ from dataclasses import replace
 
 import fsspec
 
-from decap_core import metrics, projection, toyeval, toyworld
+from decap_core import captions_files, metrics, projection, toy_archive, toyeval, toyworld
 from decap_core.captioner import Captioner
 from decap_core.checkpoint import load_decoder
 from decap_core.clip import load_clip
 from decap_core.memory import SupportMemory
 from decap_core.memory_files import load_memory
-from jobs import caption, evaluate, train_clip, train_decoder
-from pipelines import build_memory
+from jobs import evaluate, train_clip, train_decoder
+from pipelines import build_memory, caption, make_train_shards
 
 DEFAULT_TAUS = (0.003, 0.01, 0.02, 0.03, 0.05, 0.1)
 
 
-def render_eval_images(scenes: list[toyworld.Scene], directory: str, size: int = 128) -> dict[str, frozenset]:
-    """Write held-out scenes as PNG files; returns each file key's true object set."""
-    fs, root = fsspec.core.url_to_fs(directory)
-    fs.makedirs(root, exist_ok=True)
-    truths = {}
-    for index, scene in enumerate(scenes):
-        key = f"eval-{index:05d}"
-        with fs.open(f"{root}/{key}.png", "wb") as handle:
-            toyworld.render(scene, size).save(handle, format="PNG")
-        truths[key] = scene.object_set()
-    return truths
+def write_sentences(url: str, texts: list[str]) -> str:
+    with fsspec.open(url, "w", auto_mkdir=True) as handle:
+        handle.write("\n".join(texts) + "\n")
+    return url
 
 
 def build_toy_memory(clip_path: str, seed: int, count: int, work: str) -> SupportMemory:
-    """Write the memory split's sentences to a text file and build it with the Beam pipeline."""
-    corpus_url = f"{work}/memory-corpus/sentences.txt"
-    with fsspec.open(corpus_url, "w", auto_mkdir=True) as handle:
-        handle.write("\n".join(toyworld.sentences(seed, "memory", count)) + "\n")
+    """Build the memory from the memory split's sentences with the Beam pipeline."""
+    corpus_url = write_sentences(f"{work}/memory-corpus/sentences.txt", toyworld.sentences(seed, "memory", count))
     manifest = build_memory.run([
         "--input", corpus_url, "--output", f"{work}/memory", "--clip-model", "toy-clip",
         "--clip-checkpoint", clip_path, "--num-shards", "2",
@@ -57,6 +50,23 @@ def build_toy_memory(clip_path: str, seed: int, count: int, work: str) -> Suppor
     print(f"      memory: {work}/memory ({manifest['rows']} distinct sentences, "
           f"{manifest['counts']['duplicates']} repeats dropped)")
     return load_memory(f"{work}/memory", manifest["clip_fingerprint"])
+
+
+def train_toy_decoder(clip_path: str, args: argparse.Namespace, work: str) -> None:
+    """make-shards over the decoder split's sentences, then the shard trainer."""
+    corpus_url = write_sentences(f"{work}/decoder-corpus/sentences.txt",
+                                 toyworld.sentences(args.seed, "decoder", args.decoder_sentences))
+    shards = make_train_shards.run([
+        "--input", corpus_url, "--output", f"{work}/shards", "--clip-model", "toy-clip",
+        "--clip-checkpoint", clip_path, "--samples-per-shard", "5000", "--seed", str(args.seed),
+    ])
+    print(f"      train shards: {shards['train_pattern']} ({shards['samples']['train']} sentences, "
+          f"{shards['samples']['valid']} held out)")
+    train_decoder.main([
+        "--train", shards["train_pattern"], "--out", f"{work}/decoder", "--config", "toy",
+        "--steps", str(args.decoder_steps), "--lr", str(args.decoder_lr), "--seed", str(args.seed),
+        "--workers", "1", "--validate-every", str(args.decoder_steps), "--checkpoint-every", str(args.decoder_steps),
+    ])
 
 
 def run_demo(args: argparse.Namespace) -> dict:
@@ -74,20 +84,18 @@ def run_demo(args: argparse.Namespace) -> dict:
     print(train_clip.format_report(report))
     clip = load_clip("toy-clip", clip_path)
 
+    print(f"[2/5] building a support memory from {args.memory_sentences} grammar sentences (build-memory, Beam)")
+    memory = build_toy_memory(clip_path, args.seed, args.memory_sentences, work)
     decoder_dir = f"{work}/decoder"
     if args.fresh or not fs.exists(f"{decoder_dir}/decoder.json"):
-        print(f"[2/5] training the toy decoder on {args.decoder_sentences} grammar sentences")
-        settings = train_decoder.TrainSettings(steps=args.decoder_steps, seed=args.seed)
-        texts = toyworld.sentences(args.seed, "decoder", args.decoder_sentences)
-        train_decoder.train_decoder(clip, texts, decoder_dir, "toy", settings)
+        print(f"[3/5] training the toy decoder on {args.decoder_sentences} other grammar sentences "
+              "(make-shards, Beam; then train-decoder from the shards)")
+        if fs.exists(decoder_dir):
+            fs.rm(decoder_dir, recursive=True)  # --fresh: the trainer refuses a directory with checkpoints
+        train_toy_decoder(clip_path, args, work)
     else:
-        print(f"[2/5] reusing the decoder at {decoder_dir} (--fresh retrains)")
-    decoder = load_decoder(decoder_dir)
-    held_out = toyworld.sentences(args.seed + 3, "eval", 1000)
-
-    print(f"[3/5] building a support memory from {args.memory_sentences} other grammar sentences (Beam)")
-    memory = build_toy_memory(clip_path, args.seed, args.memory_sentences, work)
-    captioner = Captioner(decoder, memory)
+        print(f"[3/5] reusing the decoder at {decoder_dir} (--fresh retrains)")
+    captioner = Captioner(load_decoder(decoder_dir), memory)
     if args.tau is None:
         validation = toyworld.scenes(args.seed + 4, "eval", args.validation_images)
         tau, recall = evaluate.choose_tau(captioner, toyeval.encode_scenes(clip, validation),
@@ -97,41 +105,52 @@ def run_demo(args: argparse.Namespace) -> dict:
     else:
         tau = args.tau
     captioner = replace(captioner, tau=tau)
+    held_out = toyworld.sentences(args.seed + 3, "eval", 1000)
     rebuilt = evaluate.reconstruction_scores(captioner, clip, held_out)
     print(f"decoder on {len(held_out)} held-out grammar sentences, decoded from their own embeddings: "
           f"same objects {rebuilt['same_objects']:.1%} (with sizes {rebuilt['same_sized_objects']:.1%}), "
           f"exact sentence {rebuilt['exact']:.1%}")
 
-    print(f"[4/5] captioning {args.eval_images} held-out images")
+    print(f"[4/5] captioning {args.eval_images} held-out images from WebDataset tars (caption, Beam)")
     scenes = toyworld.scenes(args.seed, "eval", args.eval_images)
-    truths = render_eval_images(scenes, f"{work}/images")
-    result = caption.caption_images(clip, captioner, f"{work}/images/*.png", projection.STRATEGIES)
-    out, errors = caption.write_result(result, f"{work}/captions.parquet")
-    print(f"      captions: {out} ({len(result.rows)} rows), dead letters: {errors} ({len(result.dead_letters)})")
+    archive = f"{work}/archive"
+    if fs.exists(archive):
+        fs.rm(archive, recursive=True)
+    truths = toy_archive.write_scene_shards(scenes, archive, per_shard=100, seed=args.seed + 6)
+    captions_dir = f"{work}/captions"
+    if fs.exists(captions_dir):
+        fs.rm(captions_dir, recursive=True)  # new models each run: the pipeline refuses to mix them
+    manifest = caption.run([
+        "--input", f"{archive}/*.tar", "--output", captions_dir, "--clip-model", "toy-clip",
+        "--clip-checkpoint", clip_path, "--decoder", decoder_dir, "--memory", f"{work}/memory", "--tau", str(tau),
+        *[part for strategy in projection.STRATEGIES for part in ("--strategy", strategy)],
+    ])
+    counts = manifest["counts"]
+    print(f"      captions: {captions_dir} ({counts['rows']} rows from {len(manifest['shards'])} tars), "
+          f"dead letters: {counts['dead']}")
 
     print("[5/5] scoring captions against the held-out images' objects")
-    by_strategy: dict[str, list] = {}
-    for row in result.rows:
-        by_strategy.setdefault(row["strategy"], []).append(row)
+    rows = captions_files.read_captions(captions_dir, ["key", "strategy", "caption"]).to_pylist()
     table = []
     for strategy in projection.STRATEGIES:
-        rows = by_strategy[strategy]
-        scores = metrics.object_scores([r["caption"] for r in rows], [truths[r["key"]] for r in rows])
+        chosen = [r for r in rows if r["strategy"] == strategy]
+        scores = metrics.object_scores([r["caption"] for r in chosen], [truths[r["key"]] for r in chosen])
         table.append({"strategy": strategy, "tau": tau if strategy == "pd" else None, **scores})
-    keys = sorted(truths)
-    embeddings = clip.encode_images([toyworld.render(s, 128) for s in scenes])
-    table += evaluate.evaluate(captioner, embeddings, [truths[k] for k in keys], strategies=(), taus=args.taus)
+    embeddings = toyeval.encode_scenes(clip, scenes)
+    table += evaluate.evaluate(captioner, embeddings, [s.object_set() for s in scenes], strategies=(), taus=args.taus)
     coverage = evaluate.memory_coverage(memory.texts, list(truths.values()))
     ceiling = evaluate.caption_query_recall(captioner, clip, scenes, args.seed + 5)
     print(f"memory: {len(memory)} sentences; held-out images whose exact object set some memory sentence names: {coverage:.1%}")
     print(f"pd from each image's own caption instead of the image (a perfect CLIP; tau {tau:g}): objects named {ceiling:.1%}")
+    print("strategy table: the first four rows from the pipeline's captions, the other taus in process")
     print(evaluate.format_table(table))
     plot = f"{work}/tau_sweep.png"
     if "://" not in work:
         evaluate.plot_tau_sweep(table, plot)
         print(f"tau sweep plot: {plot}")
     summary = {"clip": report, "decoder_reconstruction": rebuilt, "memory_coverage": coverage,
-               "memory_sentences": len(memory), "caption_query_recall": ceiling, "tau": tau, "table": table, "seconds": time.time() - started}
+               "memory_sentences": len(memory), "caption_query_recall": ceiling, "tau": tau, "table": table,
+               "captions": captions_dir, "seconds": time.time() - started}
     with fsspec.open(f"{work}/report.json", "w") as handle:
         json.dump(summary, handle, indent=1)
     print(f"done in {summary['seconds'] / 60:.1f} min; report: {work}/report.json")
@@ -144,6 +163,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clip-steps", type=int, default=800)
     parser.add_argument("--decoder-steps", type=int, default=2000)
+    parser.add_argument("--decoder-lr", type=float, default=1e-3)
     parser.add_argument("--decoder-sentences", type=int, default=30000)
     parser.add_argument("--memory-sentences", type=int, default=14000)
     parser.add_argument("--eval-images", type=int, default=500)

@@ -4,7 +4,7 @@ import shutil
 import subprocess
 import sys
 
-import pyarrow.parquet as pq
+from decap_core import captions_files
 
 
 def test_demo_runs_end_to_end_and_reports(toy_models, tmp_path):
@@ -19,9 +19,10 @@ def test_demo_runs_end_to_end_and_reports(toy_models, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "reusing the toy CLIP" in result.stdout and "reusing the decoder" in result.stdout
+    assert (work / "archive" / "00000.tar").exists() and (work / "archive" / "00000.parquet").exists()
     for strategy in ("pd", "nnd", "clipre", "vd"):
         assert f"\n{strategy} " in result.stdout
-    captions = pq.read_table(work / "captions.parquet").to_pylist()
+    captions = captions_files.read_captions(str(work / "captions")).to_pylist()
     assert len(captions) == 24 * 4 and {r["strategy"] for r in captions} == {"pd", "nnd", "clipre", "vd"}
     report = json.loads((work / "report.json").read_text())
     assert 0 <= report["memory_coverage"] <= 1

@@ -1,11 +1,10 @@
-"""The in-process captioning path on the demo's toy models: files in, Parquet out, and quality."""
+"""Captioning on the demo's toy models: the bulk pipeline on an archive, and the strategies' quality."""
 import subprocess
 import sys
 
-import pyarrow.parquet as pq
 import pytest
 
-from decap_core import metrics, toyworld
+from decap_core import captions_files, metrics, toy_archive, toyworld
 from decap_core.captioner import Captioner
 from decap_core.checkpoint import load_decoder
 from decap_core.clip import load_clip
@@ -14,45 +13,39 @@ from decap_core.memory import SupportMemory
 from jobs import evaluate
 
 
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("images")
-    scenes = toyworld.scenes(5, "eval", 40)
-    for i, scene in enumerate(scenes):
-        toyworld.render(scene, 128).save(directory / f"img-{i:03d}.png")
-    (directory / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    (directory / "notes.txt").write_text("not an image, and not matched by the image suffixes")
-    return directory, {f"img-{i:03d}": s.object_set() for i, s in enumerate(scenes)}
-
-
 def test_toy_clip_sees_colour_and_shape_and_keeps_a_modality_gap(toy_models):
     report = toy_models["clip_report"]  # zero-shot on held-out renders, made by train-clip itself
     assert report["single_object_top1"] >= 0.95 and report["two_object_top1"] >= 0.8, report
     assert report["centroid_distance"] >= 0.3 and report["matched_cosine"] < 0.95, report
 
 
-def test_caption_command_writes_captions_and_dead_letters(toy_models, image_dir, tmp_path):
-    directory, truths = image_dir
-    memory_text = tmp_path / "memory.txt"
-    memory_text.write_text("\n".join(toyworld.sentences(0, "memory", 1500)))
-    out = tmp_path / "captions.parquet"
+def test_caption_pipeline_captions_a_toy_archive_from_webdataset_tars(toy_models, tmp_path):
+    """The bulk pipeline, as a user runs it: memory by build-memory, held-out scenes in img2dataset tars."""
+    corpus = tmp_path / "memory.txt"
+    corpus.write_text("\n".join(toyworld.sentences(0, "memory", 2000)) + "\n")
+    subprocess.run([sys.executable, "-m", "jobs.cli", "build-memory", "--input", str(corpus), "--output",
+                    str(tmp_path / "memory"), "--clip-checkpoint", toy_models["clip"], "--num-shards", "2"],
+                   check=True, capture_output=True, timeout=600)
+    truths = toy_archive.write_scene_shards(toyworld.scenes(5, "eval", 120), str(tmp_path / "archive"), per_shard=50)
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "caption", "--images", f"{directory}/*",
-         "--clip-checkpoint", toy_models["clip"], "--decoder", toy_models["decoder"],
-         "--memory-text", str(memory_text), "--strategy", "pd", "--strategy", "vd", "--out", str(out)],
+        [sys.executable, "-m", "jobs.cli", "caption", "--input", f"{tmp_path}/archive/*.tar", "--output",
+         str(tmp_path / "captions"), "--clip-checkpoint", toy_models["clip"], "--decoder", toy_models["decoder"],
+         "--memory", str(tmp_path / "memory"), "--strategy", "pd", "--strategy", "vd", "--tau", "0.03"],
         capture_output=True, text=True, timeout=600,
     )
-    assert result.returncode == 0, result.stderr
-    captions = pq.read_table(out).to_pylist()
-    assert sorted({r["key"] for r in captions}) == sorted(truths)
-    assert sorted(r["strategy"] for r in captions) == ["pd"] * 40 + ["vd"] * 40
-    assert all(r["clip_fingerprint"].startswith("toy-clip:") and r["decoder_fingerprint"] for r in captions)
-    dead = pq.read_table(tmp_path / "captions.errors.parquet").to_pylist()
-    assert [(d["key"], d["stage"]) for d in dead] == [("broken", "decode")]
-    assert "cannot decode image" in dead[0]["error"]
-    pd_rows = [r for r in captions if r["strategy"] == "pd"]
-    scores = metrics.object_scores([r["caption"] for r in pd_rows], [truths[r["key"]] for r in pd_rows])
-    assert scores["object_recall"] > 0.5, scores  # the demo's models gave 71% on these 40 images
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "dead letters: 0" in result.stdout and "in 3 shards" in result.stdout, result.stdout
+    rows = captions_files.read_captions(str(tmp_path / "captions")).to_pylist()
+    assert sorted((r["key"], r["strategy"]) for r in rows) == sorted((k, s) for k in truths for s in ("pd", "vd"))
+    assert all(r["url"].startswith("toy://scene/") and r["source_caption"] for r in rows)  # img2dataset's sibling
+    recall = {}
+    for strategy in ("pd", "vd"):
+        chosen = [r for r in rows if r["strategy"] == strategy]
+        recall[strategy] = metrics.object_scores([r["caption"] for r in chosen], [truths[r["key"]] for r in chosen])["object_recall"]
+    # the session's models gave pd 0.75, vd 0.53 on 200 such images with this memory (in process)
+    assert recall["pd"] > 0.6 and recall["pd"] > recall["vd"] + 0.15, recall
+    pd_scores = [r["clip_score"] for r in rows if r["strategy"] == "pd"]
+    assert sum(pd_scores) / len(pd_scores) > 0.3  # captions sit near their images in CLIP space
 
 
 def test_projection_beats_decoding_the_image_embedding(toy_models):
