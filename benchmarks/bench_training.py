@@ -16,8 +16,10 @@ from decap_core import toyworld
 from decap_core.checkpoint import load_decoder
 from decap_core.captioner import Captioner
 from decap_core.clip import load_clip
+from decap_core.clip_training import ClipTrainSettings, train_clip
 from decap_core.memory import SupportMemory
-from jobs import evaluate, train_clip, train_decoder
+from decap_core.training import ShardSettings, TrainSettings, train_from_shards, train_on_texts
+from jobs import evaluate
 from pipelines import make_train_shards
 
 SENTENCES, HELD_OUT, STEPS, BATCH, LR, THROUGHPUT_STEPS = 30000, 1000, 2400, 128, 2e-3, 60
@@ -27,15 +29,15 @@ def _clip_checkpoint(work: str) -> str:
     path = os.environ.get("DECAP_BENCH_CLIP", "runs/demo/clip/toy-clip.safetensors")
     if not os.path.exists(path):
         path = f"{work}/toy-clip.safetensors"
-        train_clip.train_clip(path, steps=800)
+        train_clip(path, ClipTrainSettings())
     return path
 
 
 def _train(shards: dict, out: str, steps: int) -> float:
     started = time.perf_counter()
-    train_decoder.main(["--train", shards["train_pattern"], "--validation", shards["validation_pattern"], "--out", out,
-                        "--steps", str(steps), "--batch-size", str(BATCH), "--lr", str(LR), "--workers", "1", "--threads", "1",
-                        "--validate-every", str(steps), "--checkpoint-every", str(steps)])
+    train_from_shards(ShardSettings(shards["train_pattern"], shards["validation_pattern"], workers=1,
+                                    validate_every=steps, checkpoint_every=steps),
+                      out, "toy", TrainSettings(steps=steps, batch_size=BATCH, lr=LR))
     return time.perf_counter() - started
 
 
@@ -57,9 +59,9 @@ def run() -> str:
         scores = evaluate.reconstruction_scores(captioner, clip, toyworld.sentences(3, "eval", HELD_OUT))
         streamed = THROUGHPUT_STEPS / _train(shards, f"{work}/throughput", THROUGHPUT_STEPS)
         texts = toyworld.sentences(0, "decoder", SENTENCES)
-        settings = train_decoder.TrainSettings(steps=THROUGHPUT_STEPS, batch_size=BATCH)
+        settings = TrainSettings(steps=THROUGHPUT_STEPS, batch_size=BATCH)
         started = time.perf_counter()
-        train_decoder.train_decoder(clip, texts, f"{work}/in-process", "toy", settings)
+        train_on_texts(clip, texts, f"{work}/in-process", "toy", settings)
         in_process = THROUGHPUT_STEPS / (time.perf_counter() - started)
     return "\n".join([
         f"## Decoder training from shards (toy world, toy decoder, batch {BATCH}, {torch.get_num_threads()} threads)",

@@ -20,13 +20,14 @@ def toy_models(tmp_path_factory):
     8,000 sentences decoded the image embedding itself (vd) almost as well as the projection (pd),
     as a decoder trained with prefix noise does.
     """
-    from jobs import train_clip, train_decoder
     from decap_core.clip import load_clip
+    from decap_core.clip_training import ClipTrainSettings, train_clip
+    from decap_core.training import TrainSettings, train_on_texts
 
     root = tmp_path_factory.mktemp("toy-models")
     clip_path = str(root / "toy-clip.safetensors")
-    report = train_clip.train_clip(clip_path, eval_count=100)
+    report = train_clip(clip_path, ClipTrainSettings(eval_count=100))
     clip = load_clip("toy-clip", clip_path)
     texts = toyworld.sentences(0, "decoder", 30000)
-    train_decoder.train_decoder(clip, texts, str(root / "decoder"), "toy", train_decoder.TrainSettings())
+    train_on_texts(clip, texts, str(root / "decoder"), "toy", TrainSettings())
     return {"clip": clip_path, "decoder": str(root / "decoder"), "clip_report": report, "root": root}

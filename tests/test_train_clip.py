@@ -1,4 +1,5 @@
-"""The toy CLIP's training data: the same batches, in the same order, however many loader processes."""
+"""The toy CLIP trainer: the same batches in the same order however many loader processes, repeatable
+CPU training, the image output offset, and its settings' checks and flags."""
 import itertools
 
 import pytest
@@ -6,8 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from decap_core.clip import create_model
+from decap_core.clip_training import ClipTrainSettings, ToyPairs, offset_image_output, train_clip
 from decap_core.errors import DecapError
-from jobs.train_clip import ToyPairs, offset_image_output, train_clip
+from jobs import train_clip as train_clip_job
 
 
 def first_batches(workers: int, count: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -39,7 +41,7 @@ def test_two_cpu_trainings_of_one_seed_give_the_same_weights(tmp_path, two_threa
     weights = []
     for run in ("first", "second"):
         out = str(tmp_path / f"{run}.safetensors")
-        train_clip(out, steps=30, batch_size=64, warmup=5, render_size=64, eval_count=10, device="cpu")
+        train_clip(out, ClipTrainSettings(steps=30, batch_size=64, warmup=5, render_size=64, eval_count=10, device="cpu"))
         weights.append(load_file(out))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
@@ -54,3 +56,25 @@ def test_image_output_offset_sets_the_resnet_bias_and_refuses_other_towers():
     assert abs(float(model.visual.attnpool.c_proj.bias.norm()) - 25.0) < 1e-4
     with pytest.raises(DecapError, match="ModifiedResNet"):
         offset_image_output(create_model("ViT-B-32")[0], 25.0, seed=0)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"steps": 0}, "steps must be an integer >= 1, got 0"),
+    ({"lr": float("inf")}, "lr must be a finite number > 0, got inf"),
+    ({"render_size": 0}, "render_size must be an integer >= 1"),
+    ({"workers": -1}, "workers must be an integer >= 0"),
+    ({"image_offset": -1.0}, "image_offset must be a finite number >= 0"),
+    ({"device": "tpu"}, "device must be cpu or cuda, got 'tpu'"),
+    ({"clip_model": "no-such-clip"}, "unknown CLIP architecture 'no-such-clip'"),
+])
+def test_bad_settings_are_refused_with_one_line(bad, message):
+    with pytest.raises(DecapError, match=f"^{message}"):
+        ClipTrainSettings(**bad)
+
+
+def test_flags_are_the_settings_fields_with_their_defaults(tmp_path):
+    with pytest.raises(DecapError, match="^batch_size must be an integer >= 1, got 0$"):
+        train_clip_job.main(["--out", str(tmp_path / "clip.safetensors"), "--batch-size", "0"])
+    with pytest.raises(DecapError, match="^warmup must be an integer >= 0, got -1$"):
+        train_clip_job.train_clip(str(tmp_path / "clip.safetensors"), warmup=-1)
+    assert not (tmp_path / "clip.safetensors").exists()

@@ -1,4 +1,5 @@
-"""train-decoder from shards: resume after SIGKILL, torchrun with two gloo ranks, bad shards, CLIP checks."""
+"""train-decoder: from shards (resume after SIGKILL, torchrun with two gloo ranks, bad shards, CLIP checks)
+and in process (every training flag takes effect), and its settings' checks."""
 import json
 import os
 import shutil
@@ -6,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import open_clip
 import pytest
@@ -14,7 +16,10 @@ from safetensors.torch import save_file
 
 from decap_core import toyworld
 from decap_core.checkpoint import load_decoder
+from decap_core.clip import create_model
 from decap_core.errors import DecapError
+from decap_core.training import SUMMARY, ShardSettings, TrainSettings
+from decap_core.vocab import clip_token_ids
 from jobs import cli, train_decoder
 from pipelines import make_train_shards
 
@@ -40,7 +45,7 @@ def train_args(metadata, out, steps=30, *extra):
 
 
 def summary(out):
-    return json.loads((out / train_decoder.SUMMARY).read_text())
+    return json.loads((out / SUMMARY).read_text())
 
 
 def test_sigkilled_run_resumes_to_the_planned_step_and_the_same_loss(shards, tmp_path):
@@ -133,3 +138,78 @@ def test_shards_of_another_clip_are_refused(shards, tmp_path):
     with pytest.raises(DecapError, match="ViT-B-32:0123"):
         train_decoder.main(train_args({"train_pattern": mixed}, tmp_path / "b", 3,
                                       "--validation", metadata["validation_pattern"]))
+
+
+@pytest.fixture(scope="module")
+def random_clip(tmp_path_factory) -> str:
+    """A random-weight toy CLIP checkpoint (what the in-process path encodes the toy sentences with)."""
+    path = tmp_path_factory.mktemp("clip") / "toy-clip.safetensors"
+    model, _ = create_model("toy-clip", seed=0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+TOY_SENTENCES = 160
+
+
+def train_in_process(clip: str, out, *extra: str):
+    train_decoder.main(["--clip-checkpoint", clip, "--out", str(out), "--toy-sentences", str(TOY_SENTENCES),
+                        "--steps", "2", "--batch-size", "8", "--warmup", "1", "--lr", "1e-2", "--threads", "1", *extra])
+    return load_decoder(str(out))
+
+
+def same_weights(a, b) -> bool:
+    first, second = a.model.state_dict(), b.model.state_dict()
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.fixture(scope="module")
+def baseline(random_clip, tmp_path_factory):
+    return train_in_process(random_clip, tmp_path_factory.mktemp("baseline"))
+
+
+def test_in_process_training_repeats_itself(random_clip, baseline, tmp_path):
+    again = train_in_process(random_clip, tmp_path)  # so that a difference below is the flag's doing
+    assert same_weights(again, baseline) and again.info["final_loss"] == baseline.info["final_loss"]
+
+
+@pytest.mark.parametrize("flag, value", [("--weight-decay", 0.5), ("--grad-clip", 1e-6), ("--label-smoothing", 0.0),
+                                         ("--accumulate", 2)])
+def test_each_training_flag_changes_in_process_training(random_clip, baseline, tmp_path, flag, value):
+    changed = train_in_process(random_clip, tmp_path, flag, str(value))
+    field = flag[2:].replace("-", "_")
+    assert changed.info["settings"][field] == value != baseline.info["settings"][field]
+    assert not same_weights(changed, baseline)
+    assert changed.info["final_loss"] != baseline.info["final_loss"]
+
+
+def test_min_count_prunes_the_in_process_vocabulary(random_clip, baseline, tmp_path):
+    counts = Counter(t for text in toyworld.sentences(0, "decoder", TOY_SENTENCES) for t in clip_token_ids(text))
+    pruned = train_in_process(random_clip, tmp_path, "--min-count", "20")
+    kept, before = set(pruned.vocab.clip_ids[4:]), set(baseline.vocab.clip_ids[4:])  # after pad, unk, start, end
+    assert before == set(counts) - {pruned.vocab.clip_ids[2], pruned.vocab.clip_ids[3]}
+    assert kept == {t for t in before if counts[t] >= 20} and len(kept) < len(before)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "steps must be an integer >= 1, got 0"),
+    (["--lr", "nan"], "lr must be a finite number > 0, got nan"),
+    (["--accumulate", "0"], "accumulate must be an integer >= 1"),
+    (["--label-smoothing", "1"], "label_smoothing must be a number from 0 up to, not including, 1"),
+    (["--train", "absent/train-000000.tar", "--validate-every", "0"], "validate_every must be an integer >= 1"),
+    (["--resume"], "--resume applies only to training from shards"),
+    (["--workers", "1", "--validation", "v.tar"], "--validation, --workers apply only to training from shards"),
+])
+def test_bad_or_misplaced_settings_stop_before_any_work(tmp_path, flags, message):
+    with pytest.raises(DecapError, match=message):
+        train_decoder.main(["--out", str(tmp_path / "out"), *flags])
+    assert not (tmp_path / "out").exists()
+
+
+def test_settings_are_checked_when_made():
+    assert TrainSettings(weight_decay=0, prefix_noise=0.1).prefix_noise == 0.1
+    for bad in ({"batch_size": 0}, {"grad_clip": float("inf")}, {"seed": -1}, {"min_count": 1.5}, {"steps": True}):
+        with pytest.raises(DecapError, match=f"^{next(iter(bad))} must be"):
+            TrainSettings(**bad)
+    with pytest.raises(DecapError, match="^workers must be an integer >= 0, got -1$"):
+        ShardSettings(train="shards", workers=-1)
