@@ -1,10 +1,12 @@
 """decap: zero-shot image captioning by decoding CLIP latents (DeCap), as batch pipelines.
 
 Install torch first, pinned with torchvision (see README), so pip keeps the CPU build:
-    pip install torch==2.13.0 torchvision==0.28.0 && pip install -e .[test]
+    pip install torch==2.13.0 torchvision==0.28.0 && pip install -e .[test]    (or .[dask] for the DaskRunner)
 Beam ships this package to workers with ``--setup_file ./setup.py``.
 """
 from setuptools import find_packages, setup
+
+DASK = "dask[distributed]==2026.8.0"  # for --runner=DaskRunner (Beam's runner on a dask.distributed cluster)
 
 setup(
     name="decap",
@@ -30,6 +32,6 @@ setup(
         "zstandard==0.25.0",
         "matplotlib==3.11.2",
     ],
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={"dask": [DASK], "test": ["pytest==9.2.0", DASK]},
     entry_points={"console_scripts": ["decap=jobs.cli:main"]},
 )

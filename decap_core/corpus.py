@@ -13,6 +13,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import fsspec
 import pyarrow.parquet as pq
+import zstandard
 
 from decap_core.dead_letters import DeadLetter
 from decap_core.errors import DecapError
@@ -71,15 +72,58 @@ def read_records(url: str, field: str = "text") -> Iterator[RawText | DeadLetter
         yield DeadLetter(url, "read", "unknown_format", f"expected one of {FORMATS}, optionally .gz or .zst")
         return
     try:
-        with fsspec.open(url, "rb", compression=compression) as handle:
-            if kind == "parquet":
-                yield from _parquet_records(handle, url, field)
+        with fsspec.open(url, "rb", compression=None if compression == "zstd" else compression) as raw:
+            handle = io.BufferedReader(_ZstdFrames(raw)) if compression == "zstd" else raw
+            if kind == "parquet":  # Parquet seeks to its footer: a zstd stream cannot, so it is read whole
+                yield from _parquet_records(io.BytesIO(handle.read()) if compression == "zstd" else handle, url, field)
             else:
-                lines = io.BufferedReader(handle) if compression == "zstd" else handle  # zstd has no readline
-                for number, line in enumerate(lines, start=1):
+                for number, line in enumerate(handle, start=1):
                     yield _line_record(line, f"{url}:{number}", kind == "jsonl", field)
     except (OSError, EOFError, ValueError) as error:  # damaged compression or Parquet footer
         yield DeadLetter(url, "read", "unreadable_file", f"{type(error).__name__}: {error}"[:200])
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a zstd file, frame after frame.
+
+    zstandard's own stream reader (fsspec's) ends quietly where a file is cut short, and raises
+    ``ZstdError`` on damage; this raises ``EOFError`` and ``ValueError``, as gzip does.
+    """
+
+    def __init__(self, raw):
+        super().__init__()
+        self._raw, self._ready = raw, b""
+        self._frame = zstandard.ZstdDecompressor().decompressobj()
+        self._in_frame = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._ready:
+            compressed = self._raw.read(1 << 16)
+            if not compressed:
+                if self._in_frame:
+                    raise EOFError("zstd file ends inside a frame (cut short?)")
+                return 0
+            self._ready = self._decompress(compressed)
+        size = min(len(buffer), len(self._ready))
+        buffer[:size], self._ready = self._ready[:size], self._ready[size:]
+        return size
+
+    def _decompress(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            self._in_frame = True
+            try:
+                out.append(self._frame.decompress(data))
+            except zstandard.ZstdError as error:
+                raise ValueError(str(error)) from None
+            if not self._frame.eof:
+                break
+            data, self._in_frame = self._frame.unused_data, False
+            self._frame = zstandard.ZstdDecompressor().decompressobj()
+        return b"".join(out)
 
 
 def _line_record(line: bytes, source: str, is_json: bool, field: str) -> RawText | DeadLetter:

@@ -26,7 +26,7 @@ from decap_core.clip import load_clip
 from decap_core.errors import DecapError
 from decap_core.memory_files import FileRows, IndexInfo, MemoryCounts, MemoryManifest, MemoryPlan, ShardRows
 from decap_core.vocab import clip_token_ids
-from pipelines import dead_letters, options
+from pipelines import dead_letters, options, steps
 from pipelines.common import BATCHES, DEAD, STATS, DistinctSentences, EncodeText, add_corpus_flags, limits_of, normalisation_of
 from pipelines.steps import Gather, count
 
@@ -141,7 +141,7 @@ def build(argv: list[str] | None = None) -> MemoryManifest:
     output = args.output.rstrip("/")
     memory_files.begin(output)
 
-    with beam.Pipeline(options=beam_options) as p:
+    with steps.pipeline(beam_options) as p:
         distinct = p | "DistinctSentences" >> DistinctSentences(
             plan.inputs, args.field, normalisation_of(args), plan.token_limits, plan.num_shards, args.batch_size)
         shards = (

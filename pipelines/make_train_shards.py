@@ -33,7 +33,7 @@ from decap_core.errors import DecapError
 from decap_core.shards import Sample, ShardFile, ShardsManifest, ShardsPlan
 from decap_core.textnorm import LengthLimits
 from decap_core.vocab import clip_token_ids
-from pipelines import dead_letters, options
+from pipelines import dead_letters, options, steps
 from pipelines.common import BATCHES, DEAD, DistinctSentences, EncodeText, add_corpus_flags, limits_of, normalisation_of
 from pipelines.steps import Gather, Split, count
 
@@ -211,7 +211,7 @@ def make(argv: list[str] | None = None) -> ShardsManifest:
     output = args.output.rstrip("/")
     shard_files.begin(output)
 
-    with beam.Pipeline(options=beam_options) as p:
+    with steps.pipeline(beam_options) as p:
         if args.memory:
             read = (
                 p

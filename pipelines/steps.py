@@ -11,14 +11,32 @@ three ways that these steps are built around (measured on a ``distributed.LocalC
 - a side input is computed again inside each worker task that reads it, from the pipeline's
   start (its reads and CLIP encoding included); so no step here reads a side input: ``Gather``
   joins the branches through a ``CoGroupByKey`` instead.
+
+It also leaves its connection to the cluster open after the run; ``pipeline`` closes it.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
 
 NAMESPACE = "decap"
+
+
+@contextlib.contextmanager
+def pipeline(options: PipelineOptions) -> Iterator[beam.Pipeline]:
+    """A pipeline that runs, and is waited for, when the block ends; then a runner's client
+    (the DaskRunner's connection to its scheduler) is closed, even when the run failed."""
+    built = beam.Pipeline(options=options)
+    try:
+        with built:
+            yield built
+    finally:
+        client = getattr(getattr(built, "result", None), "client", None)
+        if client is not None:
+            client.close()
 
 
 def count(name: str, value: int = 1) -> None:
