@@ -106,3 +106,15 @@ def test_user_errors_are_one_line(corpus, tmp_path, capsys):
     assert "exactly one of --input or --memory" in capsys.readouterr().err
     assert cli.main(["make-shards", "--memory", str(tmp_path), "--output", str(tmp_path / "out")]) == 1
     assert "not a built support memory" in capsys.readouterr().err
+
+
+def test_help_lists_only_the_flags_of_its_own_pipeline(capsys):
+    helps = {}
+    for command in ("make-shards", "build-memory"):
+        with pytest.raises(SystemExit) as stop:
+            cli.main([command, "--help"])
+        assert stop.value.code == 0
+        helps[command] = capsys.readouterr().out
+    assert "--samples-per-shard" in helps["make-shards"] and "--input" in helps["make-shards"]
+    assert "--num-shards" not in helps["make-shards"] and "--index" not in helps["make-shards"]
+    assert "--num-shards" in helps["build-memory"] and "--samples-per-shard" not in helps["build-memory"]
