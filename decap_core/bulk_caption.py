@@ -116,9 +116,9 @@ class CaptionModels:
 
 def load_or_build_index(memory_dir: str, embeddings: np.ndarray):
     """The memory's own ``index.faiss`` when its manifest names one, else an index chosen for its size."""
-    described = memory_files.read_manifest(memory_dir).get("index")
+    described = memory_files.read_manifest(memory_dir).index
     if described:
-        index = faiss_index.load_index(f"{memory_dir.rstrip('/')}/{described['file']}")
+        index = faiss_index.load_index(f"{memory_dir.rstrip('/')}/{described.file}")
         if index.ntotal != len(embeddings):
             raise DecapError(f"the index of memory {memory_dir} holds {index.ntotal} rows, the memory {len(embeddings)}")
         return index

@@ -79,9 +79,11 @@ class Captioner:
             )
         queries = image_embeddings.float()
         wanted = max(1, neighbors)
-        if self.index is not None:
+        if self.index is not None:  # pd mixes the topk rows; the neighbours shown may be more
             projected, rows, weights = projection.project_pd_topk(
-                queries, self.index, self.memory.embeddings, max(self.topk, wanted), self.tau)
+                queries, self.index, self.memory.embeddings, self.topk, self.tau)
+            if wanted > self.topk:
+                _, rows, weights = projection.project_pd_topk(queries, self.index, self.memory.embeddings, wanted, self.tau)
         else:
             projected = projection.project_pd(queries, self.memory.chunks(), self.tau) if "pd" in strategies else None
             rows, weights = projection.top_neighbors(queries, self.memory.chunks(), wanted, self.tau)

@@ -28,10 +28,7 @@ from decap_core.caption_inputs import FORMATS, InputShard, plan_shards
 from decap_core.devices import default_device
 from decap_core.errors import DecapError
 from decap_core.image_decoding import ImageLimits
-from pipelines import options
-
-NAMESPACE = "decap"
-
+from pipelines import options, steps
 
 def build_parser() -> argparse.ArgumentParser:
     parser = options.new_parser("decap caption", __doc__)
@@ -85,12 +82,9 @@ class CaptionShards(beam.DoFn):
         self._models = self._shared.acquire(lambda: CaptionModels.load(self._settings), tag=self._signature)
 
     def process(self, shard: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        def progress(name: str, value: int) -> None:
-            beam.metrics.Metrics.counter(NAMESPACE, name).inc(value)
-
         marker = caption_shard(InputShard.from_dict(shard), self._models, self._settings, self._output,
-                               self._signature, progress)
-        progress("shards", 1)
+                               self._signature, steps.count)
+        steps.count("shards")
         logging.info("captioned %s: %d records, %d dead", marker.shard_id, marker.captioned, marker.dead)
         yield marker.to_json()
 
@@ -115,7 +109,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     captions_files.begin(output)
     started = time.time()
     if pending:
-        with beam.Pipeline(options=beam_options) as pipeline:
+        with steps.pipeline(beam_options) as pipeline:
             _ = (
                 pipeline
                 | "ListShards" >> beam.Create([shard.to_dict() for shard in pending])

@@ -9,6 +9,7 @@ for Beam's Dask runner.
 from __future__ import annotations
 
 import argparse
+import importlib
 from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -29,8 +30,26 @@ def new_parser(prog: str, description: str | None = None) -> argparse.ArgumentPa
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, PipelineOptions]:
-    """The pipeline's own arguments and the Beam options of the rest; an unknown flag is a ``DecapError``."""
+    """The pipeline's own arguments and the Beam options of the rest; an unknown flag is a ``DecapError``.
+
+    A runner named by module path (``DaskRunner`` is one) is imported first, so that Beam knows its
+    flags. On Dask each element our pipelines create is a whole file or shard, so unless told
+    otherwise every one gets its own partition (``--dask_partition_size=1``; Beam's default, 128
+    elements a partition, would give one worker all of them).
+    """
     args, rest = parser.parse_known_args(list(argv) if argv is not None else None)
+    runner = PipelineOptions(rest).view_as(StandardOptions).runner or DEFAULT_RUNNER
+    runner = RUNNER_ALIASES.get(runner, runner)
+    if "." in runner:
+        module = runner.rsplit(".", 1)[0]
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            extra = " (pip install -e '.[dask]')" if "dask" in module else ""
+            raise DecapError(f"runner {runner} cannot be loaded{extra}: {error}") from None
+    if runner.endswith("DaskRunner") and not any(t.startswith(("--dask_npartitions", "--dask_partition_size"))
+                                                 for t in rest):
+        rest = [*rest, "--dask_partition_size=1"]
     options = PipelineOptions(rest)
     unknown = set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options())
     flags = [token.split("=", 1)[0] for token in rest if token.startswith("--")]
@@ -38,7 +57,5 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[
     if unknown:
         raise DecapError(f"unknown option {(named or ['--' + min(unknown)])[0]} ({parser.prog} --help lists its own; "
                          "any other flag must be a Beam pipeline option)")
-    standard = options.view_as(StandardOptions)
-    runner = standard.runner or DEFAULT_RUNNER
-    standard.runner = RUNNER_ALIASES.get(runner, runner)
+    options.view_as(StandardOptions).runner = runner
     return args, options

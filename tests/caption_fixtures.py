@@ -32,11 +32,17 @@ def build_memory_and_decoder(root: Path, sentences: int = 80) -> dict[str, str]:
     corpus.write_text("\n".join(texts) + "\n")
     build_memory.run(["--input", str(corpus), "--output", str(root / "memory"), "--clip-model", "toy-clip",
                       "--num-shards", "2"])
+    return {"memory": str(root / "memory"), "decoder": random_decoder(root / "decoder", texts)}
+
+
+def random_decoder(directory: Path, texts: list[str], clip_fingerprint: str = CLIP_FINGERPRINT, config: str = "toy",
+                   prefix_dim: int = 128) -> str:
+    """A decoder with seeded random weights over the vocabulary of ``texts``, saved under ``directory``."""
     vocab = CompactVocab.from_texts(texts)
     torch.manual_seed(0)
-    model = Decoder(DecoderConfig.named("toy", vocab_size=len(vocab), prefix_dim=128)).eval()
-    save_decoder(DecoderBundle(model, vocab, CLIP_FINGERPRINT, {"config_name": "toy"}), str(root / "decoder"))
-    return {"memory": str(root / "memory"), "decoder": str(root / "decoder")}
+    model = Decoder(DecoderConfig.named(config, vocab_size=len(vocab), prefix_dim=prefix_dim)).eval()
+    save_decoder(DecoderBundle(model, vocab, clip_fingerprint, {"config_name": config}), str(directory))
+    return str(directory)
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:
@@ -59,7 +65,7 @@ def half_red_jpeg_rotated() -> bytes:
     """A JPEG stored sideways with EXIF orientation 6: seen upright, its left half is red."""
     upright = Image.new("RGB", (64, 48), "white")
     upright.paste((255, 0, 0), (0, 0, 32, 48))
-    stored = upright.transpose(Image.Transpose.ROTATE_270)  # orientation 6 means: rotate 270 to show
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # orientation 6: shown after a turn of 90 degrees clockwise
     exif = Image.Exif()
     exif[0x0112] = 6
     return encoded(stored, "JPEG", exif=exif.tobytes(), quality=95)

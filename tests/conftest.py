@@ -31,3 +31,10 @@ def toy_models(tmp_path_factory):
     texts = toyworld.sentences(0, "decoder", 30000)
     train_on_texts(clip, texts, str(root / "decoder"), "toy", TrainSettings())
     return {"clip": clip_path, "decoder": str(root / "decoder"), "clip_report": report, "root": root}
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that needs the trained toy models is slow (they take minutes to train)."""
+    for item in items:
+        if "toy_models" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

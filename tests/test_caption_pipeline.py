@@ -17,11 +17,11 @@ from PIL import Image
 from decap_core import captions_files
 from jobs import cli
 from pipelines import caption
-from caption_fixtures import (add_member, build_memory_and_decoder, encoded, good_and_bad_images,
-                                    write_img2dataset_shard)
+from caption_fixtures import (add_member, build_memory_and_decoder, good_and_bad_images, random_decoder,
+                              write_img2dataset_shard)
 
 STRATEGIES = ["pd", "nnd", "clipre", "vd"]
-SHARDS = 20  # for the kill test: enough that a kill lands mid-run
+SHARDS = 12  # for the kill test: enough that a kill lands mid-run
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,19 @@ def test_embeddings_parquet_bad_rows_are_dead_lettered(models, tmp_path):
     assert [r["key"] for r in caption_rows(output)] == ["e0", "e1", "e2", "e3"]
     dead = {(d["key"], d["error"]) for d in captions_files.read_dead_letters(str(output))}
     assert dead == {("wide", "wrong_width"), ("nan", "non_finite"), ("zero", "zero_norm"), ("e0", "duplicate_key")}
+
+
+def test_topk_projection_over_the_whole_memory_gives_the_exact_captions(models, tmp_path):
+    vectors = np.random.default_rng(2).standard_normal((12, 128))
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(12)], "embedding": vectors.tolist()}),
+                   tmp_path / "embeddings.parquet")
+    captions = {}
+    for name, flags in (("exact", []), ("topk", ["--topk", "1000"]), ("top3", ["--topk", "3"])):
+        caption.run(["--input", str(tmp_path / "embeddings.parquet"), "--output", str(tmp_path / name),
+                     *model_flags(models), *flags])
+        captions[name] = [(r["key"], r["caption"], len(r["neighbors"])) for r in caption_rows(tmp_path / name)]
+    assert captions["topk"] == captions["exact"]  # k above the memory's 80 rows: the exact softmax
+    assert [n for _, _, n in captions["top3"]] == [5] * 12  # pd mixes 3 rows; 5 neighbours are still listed
 
 
 def test_clip_retrieval_output_is_read_as_it_is(models, tmp_path):
@@ -214,7 +227,7 @@ def test_killed_run_resumes_to_the_rows_of_a_clean_run(models, tmp_path):
     payload = good["000000000"]
     for number in range(SHARDS):
         with tarfile.open(shards / f"{number:05d}.tar", "w") as tar:
-            for index in range(12):
+            for index in range(6):
                 add_member(tar, f"{number:05d}{index:04d}.jpg", payload)
     argv = ["--input", str(shards / "*.tar"), *model_flags(models), "--strategy", "pd", "--strategy", "vd",
             "--batch-size", "4"]
@@ -235,7 +248,7 @@ def test_killed_run_resumes_to_the_rows_of_a_clean_run(models, tmp_path):
     assert rerun["this_run"]["skipped_shards"] == committed
     assert caption_rows(killed) == caption_rows(clean)
     assert not [p for p in killed.rglob("*") if ".partial-" in p.name or ".tmp-" in p.name]
-    assert json.loads((killed / "manifest.json").read_text())["counts"]["captioned"] == SHARDS * 12
+    assert json.loads((killed / "manifest.json").read_text())["counts"]["captioned"] == SHARDS * 6
 
 
 @pytest.mark.slow
@@ -244,10 +257,7 @@ def test_real_sizes_vit_b_32_and_the_official_decoder(tmp_path):
     the official-size decoder, end to end through build-memory and caption."""
     from safetensors.torch import save_file
 
-    from decap_core.checkpoint import DecoderBundle, save_decoder
     from decap_core.clip import create_model
-    from decap_core.decoder import Decoder, DecoderConfig
-    from decap_core.vocab import CompactVocab
     from pipelines import build_memory
 
     model, _ = create_model("ViT-B-32")
@@ -260,10 +270,7 @@ def test_real_sizes_vit_b_32_and_the_official_decoder(tmp_path):
     memory = build_memory.run(["--input", str(tmp_path / "corpus.txt"), "--output", str(tmp_path / "memory"),
                                "--num-shards", "1", *clip_flags])
     assert memory["dim"] == 512
-    vocab = CompactVocab.from_texts(texts)
-    decoder = Decoder(DecoderConfig.named("official", vocab_size=len(vocab), prefix_dim=512)).eval()
-    save_decoder(DecoderBundle(decoder, vocab, memory["clip_fingerprint"], {"config_name": "official"}),
-                 str(tmp_path / "decoder"))
+    random_decoder(tmp_path / "decoder", texts, memory["clip_fingerprint"], "official", 512)
     images = tmp_path / "images"
     images.mkdir()
     for index, size in enumerate([(640, 480), (300, 500), (224, 224)]):

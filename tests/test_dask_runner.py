@@ -100,3 +100,29 @@ def test_make_shards_from_a_memory_writes_the_same_files(memories, cluster, tmp_
             "--max-tokens", "12"]
     vocab = compare_shards(*on_both_runners(make_train_shards, argv, tmp_path, cluster))
     assert vocab["dead"] > 0 and vocab["samples"]["train"] > 25
+
+
+def test_caption_writes_the_same_captions(memories, cluster, tmp_path):
+    """The captioning pipeline on Dask: the same captions, dead letters and counts as on the FnApiRunner."""
+    from caption_fixtures import good_and_bad_images, random_decoder, write_img2dataset_shard
+
+    from pipelines import caption
+
+    memory_root, _ = memories
+    decoder = random_decoder(tmp_path / "decoder", toyworld.sentences(2, "memory", 90), "toy-clip:random")
+    good, bad = good_and_bad_images()
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    write_img2dataset_shard(archive / "00000.tar", dict(list(good.items())[:5]), {})
+    write_img2dataset_shard(archive / "00001.tar", dict(list(good.items())[5:]) | {k: p for k, (p, _) in bad.items()},
+                            {k: "png" for k in bad})
+    argv = ["--input", str(archive / "*.tar"), "--decoder", decoder, "--memory", str(memory_root / "fnapi"),
+            "--strategy", "pd", "--strategy", "clipre", "--batch-size", "4"]
+    fnapi, dask = on_both_runners(caption, argv, tmp_path, cluster)
+    assert sorted(dask) == sorted(fnapi)
+    varying = [name for name in fnapi if name.startswith("done/") or name == "manifest.json"]  # they hold timings
+    assert [name for name in fnapi if name not in varying and dask[name] != fnapi[name]] == []
+    strip = lambda text: {k: v for k, v in json.loads(text).items() if k not in ("seconds", "this_run")}  # noqa: E731
+    assert [strip(dask[name]) for name in varying] == [strip(fnapi[name]) for name in varying]
+    manifest = json.loads(fnapi["manifest.json"])
+    assert manifest["counts"]["captioned"] == len(good) and manifest["counts"]["dead"] == len(bad)
