@@ -37,7 +37,8 @@ class PackedClipHandler(ModelHandler[np.ndarray, PredictionResult, ClipModel]):
     def load_model(self) -> ClipModel:
         return load_clip(MODEL)
 
-    def run_inference(self, batch: Sequence[np.ndarray], model: ClipModel, inference_args=None) -> Iterable[PredictionResult]:
+    def run_inference(self, batch: Sequence[np.ndarray], model: ClipModel,
+                      inference_args=None) -> Iterable[PredictionResult]:
         import torch
 
         with torch.no_grad():

@@ -65,7 +65,8 @@ def load_decoder(directory: str, device: str = "cpu") -> DecoderBundle:
         config = DecoderConfig(**metadata["config"])
         vocab = CompactVocab(tuple(metadata["vocab_clip_ids"]))
     except (ValueError, KeyError, TypeError) as error:
-        raise DecapError(f"decoder metadata {directory}/{METADATA} is damaged ({type(error).__name__}: {error})") from None
+        raise DecapError(f"decoder metadata {directory}/{METADATA} is damaged "
+                         f"({type(error).__name__}: {error})") from None
     raw_weights = read_checkpoint_bytes(f"{directory}/{WEIGHTS}", what="decoder weights")
     try:
         state = load_safetensors(raw_weights)

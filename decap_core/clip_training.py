@@ -77,7 +77,8 @@ class ToyPairs(torch.utils.data.IterableDataset):
             batch = [next(stream) for _ in range(self.batch_size)]
             if index % workers != rank:  # loader processes take turns: the same batches in the same order
                 continue
-            pixels = torch.stack([preprocess(toyworld.render(scene, self.render_size, supersample=2)) for scene, _ in batch])
+            pixels = torch.stack([preprocess(toyworld.render(scene, self.render_size, supersample=2))
+                                  for scene, _ in batch])
             yield pixels, tokenizer([text for _, text in batch])
 
 
@@ -93,7 +94,8 @@ def offset_image_output(model: torch.nn.Module, norm: float, seed: int) -> None:
         return
     attention_pool = getattr(model.visual, "attnpool", None)
     if attention_pool is None:
-        raise DecapError("an image output offset needs open_clip's ModifiedResNet image tower (its attention pool's bias)")
+        raise DecapError("an image output offset needs open_clip's ModifiedResNet image tower "
+                         "(its attention pool's bias)")
     direction = torch.randn(attention_pool.c_proj.bias.shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         attention_pool.c_proj.bias.copy_(direction / direction.norm() * norm)
@@ -122,7 +124,8 @@ def train_clip(out: str, settings: ClipTrainSettings | None = None) -> dict[str,
     with repeatable_on_cpu(device):
         for _, (pixels, tokens) in progress:
             pixels, tokens = pixels.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
-            image_features = F.normalize(model.encode_image(pixels.contiguous(memory_format=torch.channels_last)), dim=-1)
+            channels_last = pixels.contiguous(memory_format=torch.channels_last)
+            image_features = F.normalize(model.encode_image(channels_last), dim=-1)
             text_features = encode_tokens_packed(model, tokens)  # real tokens only: no compute on padding
             loss = loss_fn(image_features, text_features, model.logit_scale.exp())
             loss.backward()

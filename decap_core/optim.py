@@ -27,7 +27,8 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim
 class ClippedAdamW:
     """``adamw`` under the ``warmup_cosine`` schedule, each step after clipping the gradient norm."""
 
-    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, steps: int, warmup: int, grad_clip: float):
+    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, steps: int, warmup: int,
+                 grad_clip: float):
         self.parameters = list(model.parameters())
         self.grad_clip = grad_clip
         self.optimizer = adamw(model, lr, weight_decay)

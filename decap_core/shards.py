@@ -241,7 +241,8 @@ def read_shard(url: str, dim: int, expected: int | None = None) -> Iterator[Samp
         raise DecapError(f"shard missing: {url}") from None
     except (tarfile.TarError, OSError, ValueError, KeyError, EOFError) as error:
         detail = error.args[0] if error.args else ""  # webdataset appends the stream and URL to args
-        raise DecapError(f"shard damaged: {url} after {seen} samples ({type(error).__name__}: {detail})"[:300]) from None
+        message = f"shard damaged: {url} after {seen} samples ({type(error).__name__}: {detail})"
+        raise DecapError(message[:300]) from None
     if expected is not None and seen != expected:
         raise DecapError(f"shard damaged: {url} holds {seen} samples, {VOCAB_FILE} says {expected}")
 

@@ -32,7 +32,8 @@ def encode_texts_batched(clip: ClipModel, texts: list[str], batch_size: int = 51
     return torch.cat([clip.encode_text(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
 
 
-def encode_scenes(clip: ClipModel, scenes: list[toyworld.Scene], size: int = 128, batch_size: int = 128) -> torch.Tensor:
+def encode_scenes(clip: ClipModel, scenes: list[toyworld.Scene], size: int = 128,
+                  batch_size: int = 128) -> torch.Tensor:
     """Render each scene at ``size`` pixels and embed it with CLIP's own preprocessing."""
     chunks = []
     for start in range(0, len(scenes), batch_size):

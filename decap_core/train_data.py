@@ -48,12 +48,14 @@ class ShardStream(torch.utils.data.IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         mine = self.urls[worker::workers]
         if not mine:
-            raise DecapError(f"loader worker {worker} has no shard: use fewer workers than this rank's {len(self.urls)} shards")
+            raise DecapError(f"loader worker {worker} has no shard: "
+                             f"use fewer workers than this rank's {len(self.urls)} shards")
         rng = np.random.default_rng([self.seed, worker])
         buffer: list[tuple[np.ndarray, list[int], int]] = []
         while True:
             usable = too_long = 0
-            for url, sample in iter_shards([mine[i] for i in rng.permutation(len(mine))], self.shard_set, self.skip_bad):
+            shuffled = [mine[i] for i in rng.permutation(len(mine))]
+            for url, sample in iter_shards(shuffled, self.shard_set, self.skip_bad):
                 if len(sample.tokens) > self.max_tokens:
                     too_long += 1
                     continue
@@ -119,7 +121,8 @@ class EncodedCorpus:
                 if len(picks) < batch_size:
                     break
                 rows = [self.token_rows[i] for i in picks.tolist()]
-                yield self.embeddings[picks], torch.from_numpy(pad_batch(rows, PAD)), torch.zeros(len(picks), dtype=torch.long)
+                yield (self.embeddings[picks], torch.from_numpy(pad_batch(rows, PAD)),
+                       torch.zeros(len(picks), dtype=torch.long))
 
     def ordered(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every sentence once, in order (validation)."""

@@ -54,6 +54,7 @@ def load_latest(out: str, device: str = "cpu") -> tuple[DecoderBundle, dict[str,
             with fs.open(path, "rb") as handle:
                 state = torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types for a damaged file
-            raise DecapError(f"checkpoint {path} is damaged ({type(error).__name__}); delete it to resume from an older one") from None
+            raise DecapError(f"checkpoint {path} is damaged ({type(error).__name__}); "
+                             "delete it to resume from an older one") from None
         return load_decoder(directory, device), state
     return None

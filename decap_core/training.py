@@ -85,7 +85,8 @@ def start_runtime() -> Runtime:
     if cuda:
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if cuda else "gloo")
-    return Runtime(torch.device("cuda", local_rank) if cuda else torch.device("cpu"), dist.get_rank(), dist.get_world_size())
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return Runtime(device, dist.get_rank(), dist.get_world_size())
 
 
 def autocast(device: torch.device) -> AbstractContextManager:
@@ -120,7 +121,8 @@ class Trainer:
         self.net: torch.nn.Module = self.model
         if runtime.world_size > 1:
             cuda = runtime.device.type == "cuda"
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[runtime.device.index] if cuda else None)
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model,
+                                                                 device_ids=[runtime.device.index] if cuda else None)
         self.optimiser = ClippedAdamW(self.model, settings.lr, settings.weight_decay, settings.steps, settings.warmup,
                                       settings.grad_clip)
 
@@ -210,8 +212,8 @@ def train_on_texts(
     final_loss = trainer.fit(corpus.batches(settings.batch_size, settings.seed))
     bundle = DecoderBundle(
         trainer.model.cpu().eval(), vocab, clip.fingerprint,
-        info={"config_name": config_name, "steps": settings.steps, "sentences": len(corpus), "settings": asdict(settings),
-              "final_loss": final_loss, "train_seconds": time.time() - started},
+        info={"config_name": config_name, "steps": settings.steps, "sentences": len(corpus),
+              "settings": asdict(settings), "final_loss": final_loss, "train_seconds": time.time() - started},
     )
     save_decoder(bundle, out)
     return bundle
@@ -222,7 +224,8 @@ class ShardSettings:
     """What the shard trainer reads, and how often it validates and checkpoints."""
 
     train: str
-    validation: str | None = described(None, "held-out shards (default: the ones make-shards wrote beside the train shards)")
+    validation: str | None = described(None, "held-out shards "
+                                             "(default: the ones make-shards wrote beside the train shards)")
     clip_fingerprint: str | None = None
     workers: int = described(2, "shard loader processes per rank")
     shuffle_buffer: int = described(5000, "samples per worker's shuffle buffer")
@@ -231,7 +234,8 @@ class ShardSettings:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     resume: bool = described(False, "continue from the newest checkpoint in the output directory")
-    skip_bad_shards: bool = described(False, "warn about a missing or damaged shard and go on (default: stop with its URL)")
+    skip_bad_shards: bool = described(False, "warn about a missing or damaged shard and go on "
+                                             "(default: stop with its URL)")
 
     def __post_init__(self) -> None:
         require(self, AT_LEAST_ONE, "shuffle_buffer", "validate_every", "checkpoint_every", "keep_checkpoints")
@@ -257,8 +261,9 @@ def train_from_shards(shards: ShardSettings, out: str, config_name: str = "toy",
                          config.max_tokens + 1, shards.shuffle_buffer,
                          seed=_hash_seed(settings.seed, runtime.rank, trainer.step), skip_bad=shards.skip_bad_shards)
     workers = min(shards.workers, len(stream.urls))
-    loader = torch.utils.data.DataLoader(stream, batch_size=settings.batch_size, collate_fn=collate, num_workers=workers,
-                                         pin_memory=runtime.device.type == "cuda", persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(stream, batch_size=settings.batch_size, collate_fn=collate,
+                                         num_workers=workers, pin_memory=runtime.device.type == "cuda",
+                                         persistent_workers=workers > 0)
     seen: set[int] = set()
     history: list[dict[str, Any]] = []
     info = {"config_name": config_name, "train_shards": shards.train, "validation_shards": [*valid.urls],
@@ -270,7 +275,8 @@ def train_from_shards(shards: ShardSettings, out: str, config_name: str = "toy",
         if runtime.is_main and (final or step % shards.validate_every == 0):
             history.append({"step": step, **validate(trainer.model, valid_corpus, vocab, runtime.device,
                                                      shards.validation_sentences)})
-            tqdm.write(f"validation at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in history[-1].items() if k != "step"))
+            scores = ", ".join(f"{k} {v:.4g}" for k, v in history[-1].items() if k != "step")
+            tqdm.write(f"validation at step {step}: " + scores)
         if runtime.is_main and (final or step % shards.checkpoint_every == 0):
             bundle = DecoderBundle(trainer.model, vocab, clip_fingerprint, {**info, "steps": step,
                                    "validation": history[-1] if history else None})
@@ -298,7 +304,8 @@ def _open_shards(shards: ShardSettings) -> tuple[shard_files.ShardSet, shard_fil
     train = shard_files.ShardSet.open(shards.train, shards.clip_fingerprint)
     clip_fingerprint = train.metadata.plan.clip_fingerprint
     beside = posixpath.dirname(train.urls[0])  # default: the held-out shards make-shards wrote beside them
-    validation = shards.validation or [f"{beside}/{s.name}" for s in train.metadata.shards if s.name.startswith("valid-")]
+    validation = shards.validation or [f"{beside}/{s.name}" for s in train.metadata.shards
+                                       if s.name.startswith("valid-")]
     if not validation:
         raise DecapError("no validation shards: pass --validation (make-shards writes them with --validation-samples)")
     valid = shard_files.ShardSet.open(validation, clip_fingerprint)
@@ -327,7 +334,8 @@ def _resume(trainer: Trainer, resume: bool, out: str, vocab: CompactVocab, clip_
     bundle, state = latest
     if bundle.clip_fingerprint != clip_fingerprint or bundle.vocab != vocab:
         raise DecapError(f"the checkpoint in {out} was trained with CLIP {bundle.clip_fingerprint} and "
-                         f"{len(bundle.vocab)} tokens, these shards have CLIP {clip_fingerprint} and {len(vocab)} tokens")
+                         f"{len(bundle.vocab)} tokens, "
+                         f"these shards have CLIP {clip_fingerprint} and {len(vocab)} tokens")
     trainer.model.load_state_dict(bundle.model.state_dict())
     trainer.load_state(state)
     if trainer.runtime.is_main:

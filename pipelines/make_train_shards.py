@@ -180,8 +180,10 @@ def plan_shards(args: argparse.Namespace) -> tuple[ShardsPlan, list[str]]:
     if args.memory:
         manifest = memory_files.read_manifest(args.memory)
         built = manifest.plan
-        if args.clip_checkpoint and load_clip(args.clip_model, args.clip_checkpoint).fingerprint != built.clip_fingerprint:
-            raise DecapError(f"memory {args.memory} was built with CLIP {built.clip_fingerprint}, not {args.clip_checkpoint}")
+        if (args.clip_checkpoint
+                and load_clip(args.clip_model, args.clip_checkpoint).fingerprint != built.clip_fingerprint):
+            raise DecapError(f"memory {args.memory} was built with CLIP {built.clip_fingerprint}, "
+                             f"not {args.clip_checkpoint}")
         files = memory_files.shard_urls(args.memory, manifest)
         for url in files:
             fs, path = fsspec.core.url_to_fs(url)
@@ -269,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     train = [s for s in manifest.shards if s.name.startswith("train-")]
     print(f"train shards: {manifest.samples['train']} samples in {len(train)} shards, "
           f"validation: {manifest.samples['valid']} samples, dead letters: {manifest.dead}")
-    validation = f" --validation '{manifest.validation_pattern}'" if manifest.validation_pattern else " --validation URL"
+    valid_pattern = manifest.validation_pattern
+    validation = f" --validation '{valid_pattern}'" if valid_pattern else " --validation URL"
     print(f"decap train-decoder --train '{manifest.train_pattern}'{validation} --out DIR")
 
 

@@ -40,7 +40,8 @@ def made(corpus, tmp_path_factory):
 
 
 def read_all(metadata, split):
-    shard_set = shard_files.ShardSet.open(metadata[f"{split}_pattern"] if split == "train" else metadata["validation_pattern"])
+    pattern = metadata[f"{split}_pattern"] if split == "train" else metadata["validation_pattern"]
+    shard_set = shard_files.ShardSet.open(pattern)
     return [sample for _, sample in shard_files.iter_shards(shard_set.urls, shard_set, skip_bad=False)]
 
 
@@ -58,7 +59,8 @@ def test_every_sentence_once_in_fixed_size_shards_with_its_embedding(corpus, mad
     torch.testing.assert_close(torch.from_numpy(np.stack([s.embedding for s in valid])), expected, atol=2e-3, rtol=0)
     counts = Counter(int(t) for s in train for t in s.tokens)
     assert metadata["token_counts"] == {str(t): n for t, n in sorted(counts.items())}
-    letters = [json.loads(line) for path in (output / "errors").glob("*.jsonl") for line in path.read_text().splitlines()]
+    letters = [json.loads(line) for path in (output / "errors").glob("*.jsonl")
+               for line in path.read_text().splitlines()]
     assert [(letter["stage"], letter["error"]) for letter in letters] == [("filter", "exceeds_clip_context")]
 
 
@@ -79,7 +81,8 @@ def test_rerun_is_byte_identical_and_another_shard_size_replaces_the_shards(corp
     for shard in metadata["shards"]:
         assert (tmp_path / shard["name"]).read_bytes() == (output / shard["name"]).read_bytes()
     again = make(corpus, tmp_path, "--samples-per-shard", "100", "--seed", "7")
-    assert sorted(p.name for p in tmp_path.glob("*.tar")) == [f"train-00000{i}.tar" for i in range(3)] + ["valid-000000.tar"]
+    expected_names = [f"train-00000{i}.tar" for i in range(3)] + ["valid-000000.tar"]
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == expected_names
     assert shard_files.read_vocab(str(tmp_path)).plan.seed == 7 and again["samples"] == metadata["samples"]
     assert {s.text for s in read_all(again, "valid")} != {s.text for s in read_all(metadata, "valid")}
 
@@ -89,8 +92,8 @@ def test_from_a_memory_reuses_its_embeddings(corpus, tmp_path):
     build_memory.run(["--input", str(root / "a.txt"), "--output", str(tmp_path / "memory"), "--num-shards", "2",
                       "--runner=FnApiRunner"])
     metadata = make_train_shards.run(["--memory", str(tmp_path / "memory"), "--output", str(tmp_path / "shards"),
-                                      "--samples-per-shard", "100", "--validation-samples", "20", "--emb-dtype", "float32",
-                                      "--max-tokens", "15", "--runner=FnApiRunner"])
+                                      "--samples-per-shard", "100", "--validation-samples", "20",
+                                      "--emb-dtype", "float32", "--max-tokens", "15", "--runner=FnApiRunner"])
     memory = load_memory(str(tmp_path / "memory"))
     by_text = dict(zip(memory.texts, memory.embeddings.numpy()))
     samples = read_all(metadata, "train") + read_all(metadata, "valid")
@@ -102,7 +105,8 @@ def test_from_a_memory_reuses_its_embeddings(corpus, tmp_path):
 
 def test_user_errors_are_one_line(corpus, tmp_path, capsys):
     root, _ = corpus
-    assert cli.main(["make-shards", "--input", str(root / "a.txt"), "--memory", str(tmp_path), "--output", str(tmp_path)]) == 1
+    assert cli.main(["make-shards", "--input", str(root / "a.txt"), "--memory", str(tmp_path),
+                     "--output", str(tmp_path)]) == 1
     assert "exactly one of --input or --memory" in capsys.readouterr().err
     assert cli.main(["make-shards", "--memory", str(tmp_path), "--output", str(tmp_path / "out")]) == 1
     assert "not a built support memory" in capsys.readouterr().err

@@ -69,7 +69,8 @@ def test_rebound_twins_differ_only_in_binding():
     for scene in toyworld.scenes(4, "clip", 200):
         twin = toyworld.rebind(scene, rng)
         assert twin.object_set() != scene.object_set()
-        assert [(o.colour, o.size, o.x, o.y) for o in twin.objects] == [(o.colour, o.size, o.x, o.y) for o in scene.objects]
+        placements = [(o.colour, o.size, o.x, o.y) for o in scene.objects]
+        assert [(o.colour, o.size, o.x, o.y) for o in twin.objects] == placements
         if len({o.shape for o in scene.objects}) > 1:
             assert sorted(o.shape for o in twin.objects) == sorted(o.shape for o in scene.objects)
     stream = toyworld.pairs(0)

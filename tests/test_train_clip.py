@@ -41,7 +41,8 @@ def test_two_cpu_trainings_of_one_seed_give_the_same_weights(tmp_path, two_threa
     weights = []
     for run in ("first", "second"):
         out = str(tmp_path / f"{run}.safetensors")
-        train_clip(out, ClipTrainSettings(steps=30, batch_size=64, warmup=5, render_size=64, eval_count=10, device="cpu"))
+        settings = ClipTrainSettings(steps=30, batch_size=64, warmup=5, render_size=64, eval_count=10, device="cpu")
+        train_clip(out, settings)
         weights.append(load_file(out))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
