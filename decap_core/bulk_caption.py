@@ -93,7 +93,8 @@ class CaptionModels:
             raise DecapError(f"decoder {settings.decoder} was trained with CLIP {decoder.clip_fingerprint}, "
                              f"not {clip.fingerprint} (--clip-model/--clip-checkpoint)")
         if settings.max_tokens > decoder.model.config.max_tokens:
-            raise DecapError(f"--max-tokens {settings.max_tokens} exceeds the decoder's {decoder.model.config.max_tokens}")
+            raise DecapError(f"--max-tokens {settings.max_tokens} exceeds the decoder's "
+                             f"{decoder.model.config.max_tokens}")
         memory = memory_files.load_memory(settings.memory, clip.fingerprint)
         if len(memory) == 0:
             raise DecapError(f"memory {settings.memory} holds no sentences")
@@ -120,7 +121,8 @@ def load_or_build_index(memory_dir: str, embeddings: np.ndarray):
     if described:
         index = faiss_index.load_index(f"{memory_dir.rstrip('/')}/{described.file}")
         if index.ntotal != len(embeddings):
-            raise DecapError(f"the index of memory {memory_dir} holds {index.ntotal} rows, the memory {len(embeddings)}")
+            raise DecapError(f"the index of memory {memory_dir} holds {index.ntotal} rows, "
+                             f"the memory {len(embeddings)}")
         return index
     factory = faiss_index.choose_factory(len(embeddings))
     return faiss_index.build_index(factory, embeddings.shape[1], lambda: [embeddings], len(embeddings))
@@ -209,7 +211,8 @@ def _caption_batch(pending: _Pending, models: CaptionModels, settings: CaptionSe
         embeddings = stacked
     batch = models.captioner.caption_batch(embeddings, settings.strategies, settings.neighbors)
     memory = models.captioner.memory
-    neighbors = [[{"text": memory.texts[int(r)], "weight": float(w)} for r, w in zip(rows, weights)][: settings.neighbors]
+    neighbors = [[{"text": memory.texts[int(r)], "weight": float(w)} for r, w in zip(rows, weights)]
+                 [: settings.neighbors]
                  for rows, weights in zip(batch.neighbor_rows.tolist(), batch.neighbor_weights.tolist())]
     fingerprints = models.fingerprints()
     rows = []

@@ -301,7 +301,8 @@ def _img2dataset_sidecar(tar_url: str) -> dict[str, tuple[str | None, str | None
     names = table.column_names
     if "key" not in names:
         return {}
-    columns = [table.column(c).to_pylist() if c in names else [None] * table.num_rows for c in ("key", "url", "caption")]
+    columns = [table.column(c).to_pylist() if c in names else [None] * table.num_rows
+               for c in ("key", "url", "caption")]
     return {str(k): (u, c) for k, u, c in zip(*columns) if k is not None}
 
 

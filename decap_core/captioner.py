@@ -83,7 +83,8 @@ class Captioner:
             projected, rows, weights = projection.project_pd_topk(
                 queries, self.index, self.memory.embeddings, self.topk, self.tau)
             if wanted > self.topk:
-                _, rows, weights = projection.project_pd_topk(queries, self.index, self.memory.embeddings, wanted, self.tau)
+                _, rows, weights = projection.project_pd_topk(queries, self.index, self.memory.embeddings, wanted,
+                                                              self.tau)
         else:
             projected = projection.project_pd(queries, self.memory.chunks(), self.tau) if "pd" in strategies else None
             rows, weights = projection.top_neighbors(queries, self.memory.chunks(), wanted, self.tau)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 from decap_core.errors import DecapError
@@ -14,6 +15,13 @@ COMMANDS = {
     "build-memory": ("pipelines.build_memory", "build a support memory from text corpora (Beam pipeline)"),
     "make-shards": ("pipelines.make_train_shards", "write the decoder's WebDataset train shards (Beam pipeline)"),
 }
+
+
+class _BeamImportNoise(logging.Filter):
+    """Drops the warning Beam logs on import when Google Cloud's optional client is absent (not used here)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
 
 
 def usage() -> str:
@@ -31,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"decap: error: unknown command {command!r}\n{usage()}", file=sys.stderr)
         return 2
+    logging.getLogger().addFilter(_BeamImportNoise())
     module = importlib.import_module(COMMANDS[command][0])
     try:
         module.main(rest)

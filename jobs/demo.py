@@ -140,8 +140,10 @@ def run_demo(args: argparse.Namespace) -> dict:
     table += evaluate.evaluate(captioner, embeddings, [s.object_set() for s in scenes], strategies=(), taus=args.taus)
     coverage = evaluate.memory_coverage(memory.texts, list(truths.values()))
     ceiling = evaluate.caption_query_recall(captioner, clip, scenes, args.seed + 5)
-    print(f"memory: {len(memory)} sentences; held-out images whose exact object set some memory sentence names: {coverage:.1%}")
-    print(f"pd from each image's own caption instead of the image (a perfect CLIP; tau {tau:g}): objects named {ceiling:.1%}")
+    print(f"memory: {len(memory)} sentences; held-out images whose exact object set some memory sentence names: "
+          f"{coverage:.1%}")
+    print(f"pd from each image's own caption instead of the image (a perfect CLIP; tau {tau:g}): "
+          f"objects named {ceiling:.1%}")
     print("strategy table: the first four rows from the pipeline's captions, the other taus in process")
     print(evaluate.format_table(table))
     plot = f"{work}/tau_sweep.png"

@@ -170,8 +170,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    logging.getLogger().setLevel(logging.WARNING)
-    try:
-        main()
-    except DecapError as error:
-        sys.exit(f"caption: error: {error}")
+    from jobs import cli
+
+    sys.exit(cli.main(["caption", *sys.argv[1:]]))

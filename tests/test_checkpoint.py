@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -52,6 +53,11 @@ def test_mismatched_weights(tmp_path, bundle):
                           bundle.vocab, "x")
     save_decoder(other, str(tmp_path / "b"))
     (tmp_path / "a" / "decoder.safetensors").write_bytes((tmp_path / "b" / "decoder.safetensors").read_bytes())
+    with pytest.raises(DecapError, match="not the ones decoder.json describes"):  # the fingerprint covers the weights
+        load_decoder(str(tmp_path / "a"))
+    metadata = json.loads((tmp_path / "a" / "decoder.json").read_text())
+    del metadata["fingerprint"]  # a decoder.json without one: the shapes still have to fit
+    (tmp_path / "a" / "decoder.json").write_text(json.dumps(metadata))
     with pytest.raises(DecapError, match="do not match"):
         load_decoder(str(tmp_path / "a"))
 
@@ -60,11 +66,10 @@ def test_cli_one_line_for_damaged_decoder(tmp_path, bundle):
     save_decoder(bundle, str(tmp_path / "dec"))
     (tmp_path / "dec" / "decoder.safetensors").write_bytes(b"junk")
     (tmp_path / "img").mkdir()
-    (tmp_path / "mem.txt").write_text("a red circle\n")
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "caption", "--images", str(tmp_path / "img" / "*.png"),
+        [sys.executable, "-m", "jobs.cli", "caption", "--input", str(tmp_path / "img" / "*.png"),
          "--clip-checkpoint", str(tmp_path / "none.pt"), "--decoder", str(tmp_path / "dec"),
-         "--memory-text", str(tmp_path / "mem.txt"), "--out", str(tmp_path / "out.parquet")],
+         "--memory", str(tmp_path / "memory"), "--output", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
