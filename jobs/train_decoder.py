@@ -28,14 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="decap train-decoder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", help="brace pattern of train shards (printed by decap make-shards)")
-    parser.add_argument("--out", required=True, help="directory URL for decoder.safetensors + decoder.json and checkpoints")
+    parser.add_argument("--out", required=True,
+                        help="directory URL for decoder.safetensors + decoder.json and checkpoints")
     parser.add_argument("--clip-model", default="toy-clip")
     parser.add_argument("--clip-checkpoint", help="without --train: the CLIP that encodes the toy sentences; "
                                                   "with it: check the shards were made with it")
     parser.add_argument("--config", default="toy", help="decoder config: toy or official")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; on a busy machine 1 can be several times faster)")
-    parser.add_argument("--toy-sentences", type=int, default=30000, help="without --train: toy-world sentences encoded here")
+    parser.add_argument("--toy-sentences", type=int, default=30000,
+                        help="without --train: toy-world sentences encoded here")
     add_flags(parser, TrainSettings)
     add_flags(parser, ShardSettings, skip=SHARD_ONLY)
     return parser
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     ignored = changed_flags(ShardSettings, args, skip=SHARD_ONLY)
     if ignored:
-        raise DecapError(f"{', '.join(ignored)} appl{'y' if len(ignored) > 1 else 'ies'} only to training from shards (--train)")
+        verb = "apply" if len(ignored) > 1 else "applies"
+        raise DecapError(f"{', '.join(ignored)} {verb} only to training from shards (--train)")
     if not args.clip_checkpoint:
         raise DecapError("give --train SHARDS, or --clip-checkpoint to train on toy-world sentences encoded here")
     clip = load_clip(args.clip_model, args.clip_checkpoint)

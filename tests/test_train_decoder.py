@@ -33,7 +33,8 @@ def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("train-shards")
     (root / "corpus.txt").write_text("\n".join(toyworld.sentences(1, "decoder", 1000)) + "\n")
     metadata = make_train_shards.run(["--input", str(root / "corpus.txt"), "--output", str(root / "shards"),
-                                      "--samples-per-shard", "240", "--validation-samples", "64", "--runner=FnApiRunner"])
+                                      "--samples-per-shard", "240", "--validation-samples", "64",
+                                      "--runner=FnApiRunner"])
     assert len(metadata["shards"]) == 5
     return root / "shards", metadata
 
@@ -101,10 +102,12 @@ def damaged(shards, tmp_path):
 
 def test_a_missing_or_damaged_shard_stops_the_run_with_its_url(damaged, tmp_path, capsys):
     copy, metadata = damaged
-    for workers, name, message in (("0", "train-000001.tar", "shard missing"), ("1", "train-000002.tar", "shard damaged")):
+    cases = (("0", "train-000001.tar", "shard missing"), ("1", "train-000002.tar", "shard damaged"))
+    for workers, name, message in cases:
         only = metadata["train_pattern"].rsplit("/", 1)[0] + "/" + name
         code = cli.main(["train-decoder", *train_args({"train_pattern": only}, tmp_path / name, 3,
-                                                      "--workers", workers, "--validation", metadata["validation_pattern"])])
+                                                      "--workers", workers,
+                                                      "--validation", metadata["validation_pattern"])])
         errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # not the progress bar
         assert code == 1 and len(errors) == 1 and f"error: {message}: {copy / name}" in errors[0]
 
@@ -129,7 +132,8 @@ def test_shards_of_another_clip_are_refused(shards, tmp_path):
     other = open_clip.create_model("toy-clip", pretrained=None)
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "other.safetensors"))
     with pytest.raises(DecapError, match="made with CLIP toy-clip:random, not toy-clip:"):
-        train_decoder.main(train_args(metadata, tmp_path / "a", 3, "--clip-checkpoint", str(tmp_path / "other.safetensors")))
+        train_decoder.main(train_args(metadata, tmp_path / "a", 3,
+                                      "--clip-checkpoint", str(tmp_path / "other.safetensors")))
     foreign = tmp_path / "foreign"
     shutil.copytree(source, foreign)
     vocab = json.loads((foreign / "vocab.json").read_text())
