@@ -32,6 +32,6 @@ setup(
         "zstandard==0.25.0",
         "matplotlib==3.11.2",
     ],
-    extras_require={"dask": [DASK], "test": ["pytest==9.2.0", DASK]},
+    extras_require={"dask": [DASK], "test": ["pytest==9.2.0", "ruff==0.14.0", DASK]},
     entry_points={"console_scripts": ["decap=jobs.cli:main"]},
 )

@@ -21,9 +21,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from decap_core import toyworld
 from decap_core.clip import ClipModel, encode_tokens_packed, load_clip
 from decap_core.corpus import Sentence
+from decap_core.toy import world as toyworld
 from decap_core.vocab import clip_token_ids, pad_batch
 from pipelines.common import EncodeText, batches_of
 

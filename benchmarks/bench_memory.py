@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from decap_core import toyworld
 from decap_core.clip import encode_tokens_packed, load_clip
+from decap_core.toy import world as toyworld
 
 BATCH_SIZE = 512
 MODEL = "toy-clip"

@@ -14,8 +14,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from decap_core import toyworld
 from decap_core.clip import create_model, encode_tokens_packed
+from decap_core.toy import world as toyworld
 
 WORDS = sorted({w for s in toyworld.sentences(0, "eval", 200) for w in s.replace(",", "").split()})
 LENGTH_MIXES = {

@@ -12,14 +12,14 @@ import time
 
 import torch
 
-from decap_core import toyworld
-from decap_core.checkpoint import load_decoder
 from decap_core.captioner import Captioner
 from decap_core.clip import load_clip
 from decap_core.clip_training import ClipTrainSettings, train_clip
+from decap_core.decoder_files import load_decoder
 from decap_core.memory import SupportMemory
+from decap_core.toy import evaluation
+from decap_core.toy import world as toyworld
 from decap_core.training import ShardSettings, TrainSettings, train_from_shards, train_on_texts
-from jobs import evaluate
 from pipelines import make_train_shards
 
 SENTENCES, HELD_OUT, STEPS, BATCH, LR, THROUGHPUT_STEPS = 30000, 1000, 2400, 128, 2e-3, 60
@@ -56,7 +56,7 @@ def run() -> str:
         train_seconds = _train(shards, f"{work}/decoder", STEPS)
         bundle = load_decoder(f"{work}/decoder")
         captioner = Captioner(bundle, SupportMemory.from_texts(clip, ["a red circle"]))
-        scores = evaluate.reconstruction_scores(captioner, clip, toyworld.sentences(3, "eval", HELD_OUT))
+        scores = evaluation.reconstruction_scores(captioner, clip, toyworld.sentences(3, "eval", HELD_OUT))
         streamed = THROUGHPUT_STEPS / _train(shards, f"{work}/throughput", THROUGHPUT_STEPS)
         texts = toyworld.sentences(0, "decoder", SENTENCES)
         settings = TrainSettings(steps=THROUGHPUT_STEPS, batch_size=BATCH)

@@ -23,8 +23,8 @@ from decap_core import memory_files, projection
 from decap_core.caption_inputs import EmbeddingRecord, ImageRecord, InputShard, RefusedRecord, read_shard
 from decap_core.captioner import Captioner
 from decap_core.captions_files import ShardMarker, ShardOutput
-from decap_core.checkpoint import load_decoder
 from decap_core.clip import ClipModel, load_clip
+from decap_core.decoder_files import load_decoder
 from decap_core.errors import DecapError
 from decap_core.image_decoding import ImageLimits, ImageRejected, decode_image, fit_for_preprocessing
 

@@ -8,7 +8,7 @@ import faiss
 import torch
 
 from decap_core import projection
-from decap_core.checkpoint import DecoderBundle
+from decap_core.decoder_files import DecoderBundle
 from decap_core.errors import DecapError
 from decap_core.memory import SupportMemory
 from decap_core.vocab import UNK

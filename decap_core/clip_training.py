@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
 from tqdm import tqdm
 
-from decap_core import toyeval, toyworld
 from decap_core.clip import create_model, encode_tokens_packed, list_models, load_clip
 from decap_core.devices import default_device, repeatable_on_cpu
 from decap_core.errors import DecapError
 from decap_core.optim import ClippedAdamW
 from decap_core.settings import AT_LEAST_ONE, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, described, require
+from decap_core.toy import world as toyworld
+from decap_core.toy import zero_shot
 
 FIXED_LOGIT_SCALE = 100.0
 GRAD_CLIP = 1.0
@@ -134,13 +135,13 @@ def train_clip(out: str, settings: ClipTrainSettings | None = None) -> dict[str,
     with fsspec.open(out, "wb") as handle:
         handle.write(save_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}))
     clip = load_clip(s.clip_model, out, device=str(device))
-    report = toyeval.clip_report(clip, s.seed, count=s.eval_count)
+    report = zero_shot.clip_report(clip, s.seed, count=s.eval_count)
     report["train_seconds"] = time.time() - started
     return report
 
 
 def format_report(report: dict[str, float]) -> str:
-    """The report of ``train_clip`` (or ``toyeval.clip_report``) as three lines."""
+    """The report of ``train_clip`` (or ``zero_shot.clip_report``) as three lines."""
     return "\n".join(
         [
             f"zero-shot, one object  (top-1 among all 'a <colour> <shape>'):  {report['single_object_top1']:.1%}",

@@ -1,11 +1,9 @@
-"""Measures: the modality gap, zero-shot retrieval, and object accuracy of toy-world captions."""
+"""Measures of embeddings: the modality gap and zero-shot retrieval."""
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
-
-from decap_core import toyworld
 
 
 def modality_gap(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> dict[str, float]:
@@ -27,25 +25,3 @@ def top1_accuracy(queries: torch.Tensor, candidates: torch.Tensor, answers: Sequ
     """Share of queries whose most similar candidate is the right one."""
     best = (queries @ candidates.T).argmax(dim=1)
     return float((best == torch.as_tensor(answers)).float().mean())
-
-
-def object_scores(captions: Iterable[str], truths: Iterable[frozenset[tuple[str, str]]]) -> dict[str, float]:
-    """Toy-world caption quality, judged on ``<colour> <shape>`` pairs (size words aside).
-
-    ``object_recall``: share of true objects the caption names. ``exact``: share of captions that
-    name every object and invent none. ``hallucination``: share of named objects that are absent.
-    """
-    named_true = total_true = invented = total_named = exact = images = 0
-    for text, truth in zip(captions, truths):
-        named = set(toyworld.parse_objects(text))
-        named_true += len(named & truth)
-        total_true += len(truth)
-        invented += len(named - truth)
-        total_named += len(named)
-        exact += named == set(truth)
-        images += 1
-    return {
-        "object_recall": named_true / max(1, total_true),
-        "exact": exact / max(1, images),
-        "hallucination": invented / max(1, total_named),
-    }

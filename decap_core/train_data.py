@@ -1,6 +1,6 @@
 """What the decoder trainer eats: batches of (prefix embedding, compact token rows, shard index).
 
-``ShardStream`` streams train shards (``decap_core.shards``) forever, epoch after epoch, through a
+``ShardStream`` streams train shards (``decap_core.train_shards``) forever, epoch after epoch, through a
 shuffle buffer; under torch's ``DataLoader`` each worker reads its own share of the shards given
 to this rank. ``EncodedCorpus`` is the in-process alternative for small corpora encoded here.
 """
@@ -15,7 +15,7 @@ import torch
 from decap_core.clip import ClipModel
 from decap_core.errors import DecapError
 from decap_core.memory import SupportMemory
-from decap_core.shards import Sample, ShardSet, iter_shards
+from decap_core.train_shards import Sample, ShardSet, iter_shards
 from decap_core.vocab import PAD, CompactVocab, clip_token_ids, pad_batch
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # prefix [B, D], tokens [B, T], shard index [B]

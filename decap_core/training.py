@@ -24,11 +24,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from decap_core import shards as shard_files
-from decap_core import train_state
-from decap_core.checkpoint import DecoderBundle, save_decoder
+from decap_core import train_shards, trainer_checkpoints
 from decap_core.clip import ClipModel
 from decap_core.decoder import Decoder, DecoderConfig
+from decap_core.decoder_files import DecoderBundle, save_decoder
 from decap_core.devices import default_device
 from decap_core.errors import DecapError
 from decap_core.optim import ClippedAdamW
@@ -249,7 +248,7 @@ def train_from_shards(shards: ShardSettings, out: str, config_name: str = "toy",
     runtime = start_runtime()
     train, valid = _open_shards(shards)
     clip_fingerprint = train.metadata.plan.clip_fingerprint
-    vocab = shard_files.compact_vocab(train.metadata, settings.min_count)
+    vocab = train_shards.compact_vocab(train.metadata, settings.min_count)
     config = DecoderConfig.named(config_name, vocab_size=len(vocab), prefix_dim=train.metadata.plan.dim)
     torch.manual_seed(settings.seed)
     trainer = Trainer(Decoder(config), settings, runtime)
@@ -280,7 +279,7 @@ def train_from_shards(shards: ShardSettings, out: str, config_name: str = "toy",
         if runtime.is_main and (final or step % shards.checkpoint_every == 0):
             bundle = DecoderBundle(trainer.model, vocab, clip_fingerprint, {**info, "steps": step,
                                    "validation": history[-1] if history else None})
-            train_state.save_checkpoint(out, bundle, trainer.state(), keep=shards.keep_checkpoints)
+            trainer_checkpoints.save_checkpoint(out, bundle, trainer.state(), keep=shards.keep_checkpoints)
             if final:
                 save_decoder(bundle, out)
         if runtime.world_size > 1:
@@ -299,16 +298,16 @@ def train_from_shards(shards: ShardSettings, out: str, config_name: str = "toy",
     return summary
 
 
-def _open_shards(shards: ShardSettings) -> tuple[shard_files.ShardSet, shard_files.ShardSet]:
+def _open_shards(shards: ShardSettings) -> tuple[train_shards.ShardSet, train_shards.ShardSet]:
     """The train and validation shard sets, checked against one CLIP fingerprint."""
-    train = shard_files.ShardSet.open(shards.train, shards.clip_fingerprint)
+    train = train_shards.ShardSet.open(shards.train, shards.clip_fingerprint)
     clip_fingerprint = train.metadata.plan.clip_fingerprint
     beside = posixpath.dirname(train.urls[0])  # default: the held-out shards make-shards wrote beside them
     validation = shards.validation or [f"{beside}/{s.name}" for s in train.metadata.shards
                                        if s.name.startswith("valid-")]
     if not validation:
         raise DecapError("no validation shards: pass --validation (make-shards writes them with --validation-samples)")
-    valid = shard_files.ShardSet.open(validation, clip_fingerprint)
+    valid = train_shards.ShardSet.open(validation, clip_fingerprint)
     return train, valid
 
 
@@ -325,10 +324,10 @@ def _tracked(batches: Iterable[Batch], seen: set[int]) -> Iterator[Batch]:
 def _resume(trainer: Trainer, resume: bool, out: str, vocab: CompactVocab, clip_fingerprint: str) -> None:
     """Continue from the newest checkpoint under ``out`` when ``resume``; refuse to overwrite one without."""
     if not resume:
-        if train_state.has_checkpoints(out):
+        if trainer_checkpoints.has_checkpoints(out):
             raise DecapError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
         return
-    latest = train_state.load_latest(out)
+    latest = trainer_checkpoints.load_latest(out)
     if latest is None:
         return
     bundle, state = latest

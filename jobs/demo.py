@@ -22,13 +22,16 @@ from dataclasses import replace
 
 import fsspec
 
-from decap_core import captions_files, metrics, projection, toy_archive, toyeval, toyworld
+from decap_core import captions_files, projection
 from decap_core.captioner import Captioner
-from decap_core.checkpoint import load_decoder
 from decap_core.clip import load_clip
+from decap_core.decoder_files import load_decoder
 from decap_core.memory import SupportMemory
 from decap_core.memory_files import load_memory
-from jobs import evaluate, train_clip, train_decoder
+from decap_core.toy import archive as toy_archive
+from decap_core.toy import evaluation, plots, zero_shot
+from decap_core.toy import world as toyworld
+from jobs import train_clip, train_decoder
 from pipelines import build_memory, caption, make_train_shards
 
 DEFAULT_TAUS = (0.003, 0.01, 0.02, 0.03, 0.05, 0.1)
@@ -80,7 +83,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         report = train_clip.train_clip(clip_path, steps=args.clip_steps, seed=args.seed)
     else:
         print(f"[1/5] reusing the toy CLIP at {clip_path} (--fresh retrains)")
-        report = toyeval.clip_report(load_clip("toy-clip", clip_path), args.seed)
+        report = zero_shot.clip_report(load_clip("toy-clip", clip_path), args.seed)
     print(train_clip.format_report(report))
     clip = load_clip("toy-clip", clip_path)
 
@@ -98,7 +101,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     captioner = Captioner(load_decoder(decoder_dir), memory)
     if args.tau is None:
         validation = toyworld.scenes(args.seed + 4, "eval", args.validation_images)
-        tau, recall = evaluate.choose_tau(captioner, toyeval.encode_scenes(clip, validation),
+        tau, recall = evaluation.choose_tau(captioner, zero_shot.encode_scenes(clip, validation),
                                           [s.object_set() for s in validation], args.taus)
         print(f"      pd's tau, chosen among {', '.join(f'{t:g}' for t in args.taus)} on {len(validation)} "
               f"validation images (not the scored ones): {tau:g} (objects named {recall:.1%})")
@@ -106,7 +109,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         tau = args.tau
     captioner = replace(captioner, tau=tau)
     held_out = toyworld.sentences(args.seed + 3, "eval", 1000)
-    rebuilt = evaluate.reconstruction_scores(captioner, clip, held_out)
+    rebuilt = evaluation.reconstruction_scores(captioner, clip, held_out)
     print(f"decoder on {len(held_out)} held-out grammar sentences, decoded from their own embeddings: "
           f"same objects {rebuilt['same_objects']:.1%} (with sizes {rebuilt['same_sized_objects']:.1%}), "
           f"exact sentence {rebuilt['exact']:.1%}")
@@ -131,24 +134,20 @@ def run_demo(args: argparse.Namespace) -> dict:
 
     print("[5/5] scoring captions against the held-out images' objects")
     rows = captions_files.read_captions(captions_dir, ["key", "strategy", "caption"]).to_pylist()
-    table = []
-    for strategy in projection.STRATEGIES:
-        chosen = [r for r in rows if r["strategy"] == strategy]
-        scores = metrics.object_scores([r["caption"] for r in chosen], [truths[r["key"]] for r in chosen])
-        table.append({"strategy": strategy, "tau": tau if strategy == "pd" else None, **scores})
-    embeddings = toyeval.encode_scenes(clip, scenes)
-    table += evaluate.evaluate(captioner, embeddings, [s.object_set() for s in scenes], strategies=(), taus=args.taus)
-    coverage = evaluate.memory_coverage(memory.texts, list(truths.values()))
-    ceiling = evaluate.caption_query_recall(captioner, clip, scenes, args.seed + 5)
+    table = evaluation.score_rows(rows, truths, projection.STRATEGIES, tau)
+    embeddings = zero_shot.encode_scenes(clip, scenes)
+    table += evaluation.evaluate(captioner, embeddings, [s.object_set() for s in scenes], strategies=(), taus=args.taus)
+    coverage = evaluation.memory_coverage(memory.texts, list(truths.values()))
+    ceiling = evaluation.caption_query_recall(captioner, clip, scenes, args.seed + 5)
     print(f"memory: {len(memory)} sentences; held-out images whose exact object set some memory sentence names: "
           f"{coverage:.1%}")
     print(f"pd from each image's own caption instead of the image (a perfect CLIP; tau {tau:g}): "
           f"objects named {ceiling:.1%}")
     print("strategy table: the first four rows from the pipeline's captions, the other taus in process")
-    print(evaluate.format_table(table))
+    print(evaluation.format_table(table))
     plot = f"{work}/tau_sweep.png"
     if "://" not in work:
-        evaluate.plot_tau_sweep(table, plot)
+        plots.plot_tau_sweep(table, plot)
         print(f"tau sweep plot: {plot}")
     summary = {"clip": report, "decoder_reconstruction": rebuilt, "memory_coverage": coverage,
                "memory_sentences": len(memory), "caption_query_recall": ceiling, "tau": tau, "table": table,

@@ -14,9 +14,9 @@ import sys
 
 import torch
 
-from decap_core import toyworld
 from decap_core.clip import load_clip
 from decap_core.errors import DecapError
+from decap_core.toy import world as toyworld
 from decap_core.training import ShardSettings, TrainSettings, train_from_shards, train_on_texts
 from jobs.flags import add_flags, changed_flags, settings_from
 

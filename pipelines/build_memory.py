@@ -27,8 +27,16 @@ from decap_core.errors import DecapError
 from decap_core.memory_files import FileRows, IndexInfo, MemoryCounts, MemoryManifest, MemoryPlan, ShardRows
 from decap_core.vocab import clip_token_ids
 from pipelines import dead_letters, options, steps
-from pipelines.common import (BATCHES, DEAD, STATS, DistinctSentences, EncodeText, add_corpus_flags, limits_of,
-                              normalisation_of)
+from pipelines.common import (
+    BATCHES,
+    DEAD,
+    STATS,
+    DistinctSentences,
+    EncodeText,
+    add_corpus_flags,
+    limits_of,
+    normalisation_of,
+)
 from pipelines.steps import Gather, count
 
 INDEX_FILE = "index.faiss"

@@ -30,6 +30,7 @@ from decap_core.errors import DecapError
 from decap_core.image_decoding import ImageLimits
 from pipelines import options, steps
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = options.new_parser("decap caption", __doc__)
     parser.add_argument("--input", action="extend", nargs="+", required=True,

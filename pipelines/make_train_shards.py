@@ -24,14 +24,13 @@ import apache_beam as beam
 import fsspec
 import numpy as np
 
-from decap_core import artifacts, corpus, memory_files
-from decap_core import shards as shard_files
+from decap_core import artifacts, corpus, memory_files, train_shards
 from decap_core.clip import load_clip
 from decap_core.dead_letters import DIRECTORY as ERRORS_DIR
 from decap_core.dead_letters import DeadLetter
 from decap_core.errors import DecapError
-from decap_core.shards import Sample, ShardFile, ShardsManifest, ShardsPlan
 from decap_core.textnorm import LengthLimits
+from decap_core.train_shards import Sample, ShardFile, ShardsManifest, ShardsPlan
 from decap_core.vocab import clip_token_ids
 from pipelines import dead_letters, options, steps
 from pipelines.common import BATCHES, DEAD, DistinctSentences, EncodeText, add_corpus_flags, limits_of, normalisation_of
@@ -54,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="fsspec URL of the shard directory")
     parser.add_argument("--samples-per-shard", type=int, default=5000)
     parser.add_argument("--validation-samples", type=int, default=1000, help="held out into valid-*.tar")
-    parser.add_argument("--emb-dtype", choices=sorted(shard_files.EMB_DTYPES), default="float16")
+    parser.add_argument("--emb-dtype", choices=sorted(train_shards.EMB_DTYPES), default="float16")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle order")
     return parser
 
@@ -127,8 +126,8 @@ class WriteTrainShard(beam.DoFn):
     def process(self, element: tuple[tuple[str, int], Iterable[tuple[int, Sample]]]) -> Iterator[dict]:
         (split, index), ranked = element
         samples = [sample for _, sample in sorted(ranked, key=lambda item: item[0])]
-        name = shard_files.shard_name(split, index)
-        shard_files.write_shard(f"{self._output}/{name}", samples, self._emb_dtype)
+        name = train_shards.shard_name(split, index)
+        train_shards.write_shard(f"{self._output}/{name}", samples, self._emb_dtype)
         tokens: Counter = Counter()
         if split == "train":
             for sample in samples:
@@ -140,8 +139,8 @@ class WriteTrainShard(beam.DoFn):
 def complete_shards(gathered: dict[str, list[dict]], plan: ShardsPlan, output: str) -> ShardsManifest:
     """After every shard: delete stale files, total the counts: the ``vocab.json`` contents."""
     shards = sorted(gathered["shards"], key=lambda shard: shard["name"])
-    names = {split: [s["name"] for s in shards if s["split"] == split] for split in shard_files.SPLITS}
-    for split in shard_files.SPLITS:
+    names = {split: [s["name"] for s in shards if s["split"] == split] for split in train_shards.SPLITS}
+    for split in train_shards.SPLITS:
         artifacts.remove_stale(output, f"{split}-*.tar", names[split])
     letters, _ = dead_letters.finish(output, gathered["dead"])
     tokens: Counter = Counter()
@@ -149,11 +148,11 @@ def complete_shards(gathered: dict[str, list[dict]], plan: ShardsPlan, output: s
         tokens.update(shard["token_counts"])
 
     def pattern(split: str) -> str | None:
-        return shard_files.brace_pattern(output, split, len(names[split])) if names[split] else None
+        return train_shards.brace_pattern(output, split, len(names[split])) if names[split] else None
 
     return ShardsManifest(
         plan=plan,
-        samples={split: sum(s["samples"] for s in shards if s["split"] == split) for split in shard_files.SPLITS},
+        samples={split: sum(s["samples"] for s in shards if s["split"] == split) for split in train_shards.SPLITS},
         shards=tuple(ShardFile(s["name"], s["samples"]) for s in shards),
         train_pattern=pattern("train"),
         validation_pattern=pattern("valid"),
@@ -165,7 +164,7 @@ def complete_shards(gathered: dict[str, list[dict]], plan: ShardsPlan, output: s
 
 def write_vocab(manifest: ShardsManifest, output: str) -> None:
     if manifest.samples["train"]:  # no training sample: run() reports it and marks nothing finished
-        shard_files.write_vocab(output, manifest)
+        train_shards.write_vocab(output, manifest)
 
 
 def plan_shards(args: argparse.Namespace) -> tuple[ShardsPlan, list[str]]:
@@ -211,7 +210,7 @@ def make(argv: list[str] | None = None) -> ShardsManifest:
     args, beam_options = options.parse(build_parser(), argv)
     plan, files = plan_shards(args)
     output = args.output.rstrip("/")
-    shard_files.begin(output)
+    train_shards.begin(output)
 
     with steps.pipeline(beam_options) as p:
         if args.memory:
@@ -255,7 +254,7 @@ def make(argv: list[str] | None = None) -> ShardsManifest:
             | "WriteVocab" >> beam.Map(write_vocab, output)
         )
     try:
-        return shard_files.read_vocab(output)
+        return train_shards.read_vocab(output)
     except DecapError:
         raise DecapError(f"no training sentences left for {output} (all held out, filtered or dead-lettered; "
                          f"see {output}/{ERRORS_DIR})") from None

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from decap_core import toyworld
-from decap_core.checkpoint import DecoderBundle, save_decoder
 from decap_core.decoder import Decoder, DecoderConfig
+from decap_core.decoder_files import DecoderBundle, save_decoder
+from decap_core.toy import world as toyworld
 from decap_core.vocab import CompactVocab
 
 CLIP_FINGERPRINT = "toy-clip:random"  # load_clip('toy-clip') without a checkpoint: seeded random weights

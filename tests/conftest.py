@@ -3,11 +3,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import decap_core  # noqa: E402,F401  (torchvision shim before open_clip)
-
 import pytest  # noqa: E402
 
-from decap_core import toyworld  # noqa: E402
+import decap_core  # noqa: E402,F401  (torchvision shim before open_clip)
+from decap_core.toy import world as toyworld  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 import zstandard
 from safetensors.torch import save_file
 
-from decap_core import toyworld
-from decap_core.memory_files import iter_chunks, load_memory, read_manifest
 from decap_core.errors import DecapError
+from decap_core.memory_files import iter_chunks, load_memory, read_manifest
+from decap_core.toy import world as toyworld
 from jobs import cli
 from pipelines.build_memory import run
 

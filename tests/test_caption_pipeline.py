@@ -12,13 +12,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from caption_fixtures import (
+    add_member,
+    build_memory_and_decoder,
+    good_and_bad_images,
+    random_decoder,
+    write_img2dataset_shard,
+)
 from PIL import Image
 
 from decap_core import captions_files
 from jobs import cli
 from pipelines import caption
-from caption_fixtures import (add_member, build_memory_and_decoder, good_and_bad_images, random_decoder,
-                              write_img2dataset_shard)
 
 STRATEGIES = ["pd", "nnd", "clipre", "vd"]
 SHARDS = 12  # for the kill test: enough that a kill lands mid-run

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from decap_core.captioner import Captioner
-from decap_core.checkpoint import DecoderBundle
 from decap_core.decoder import Decoder, DecoderConfig
+from decap_core.decoder_files import DecoderBundle
 from decap_core.memory import SupportMemory
 from decap_core.vocab import CompactVocab
 

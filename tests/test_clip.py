@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from decap_core import toyworld
 from decap_core.clip import encode_tokens_packed, load_clip, pack_lengths
 from decap_core.errors import DecapError
+from decap_core.toy import world as toyworld
 
 SENTENCES = ["a red circle", "there is a small blue square, a large green star and a pink cross",
              "an orange triangle next to a black circle", "hello"]

@@ -14,7 +14,7 @@ import distributed
 import pytest
 import torch
 
-from decap_core import toyworld
+from decap_core.toy import world as toyworld
 from pipelines import build_memory, make_train_shards
 
 OVERLONG = " ".join(["circle"] * 40)  # more tokens than toy-clip's 32-token context

@@ -4,13 +4,15 @@ import sys
 
 import pytest
 
-from decap_core import captions_files, metrics, toy_archive, toyworld
+from decap_core import captions_files
 from decap_core.captioner import Captioner
-from decap_core.checkpoint import load_decoder
 from decap_core.clip import load_clip
+from decap_core.decoder_files import load_decoder
 from decap_core.errors import DecapError
 from decap_core.memory import SupportMemory
-from jobs import evaluate
+from decap_core.toy import archive as toy_archive
+from decap_core.toy import evaluation
+from decap_core.toy import world as toyworld
 
 
 def test_toy_clip_sees_colour_and_shape_and_keeps_a_modality_gap(toy_models):
@@ -41,7 +43,7 @@ def test_caption_pipeline_captions_a_toy_archive_from_webdataset_tars(toy_models
     recall = {}
     for strategy in ("pd", "vd"):
         chosen = [r for r in rows if r["strategy"] == strategy]
-        scores = metrics.object_scores([r["caption"] for r in chosen], [truths[r["key"]] for r in chosen])
+        scores = evaluation.object_scores([r["caption"] for r in chosen], [truths[r["key"]] for r in chosen])
         recall[strategy] = scores["object_recall"]
     # the session's models gave pd 0.75, vd 0.53 on 200 such images with this memory (in process)
     assert recall["pd"] > 0.6 and recall["pd"] > recall["vd"] + 0.15, recall
@@ -56,7 +58,7 @@ def test_projection_beats_decoding_the_image_embedding(toy_models):
     scenes = toyworld.scenes(6, "eval", 200)
     embeddings = clip.encode_images([toyworld.render(s, 128) for s in scenes])
     # a small memory (2,000 sentences) keeps this quick; the demo's models gave pd 75%, vd 53% here
-    rows = evaluate.evaluate(Captioner(decoder, memory, tau=0.03), embeddings, [s.object_set() for s in scenes])
+    rows = evaluation.evaluate(Captioner(decoder, memory, tau=0.03), embeddings, [s.object_set() for s in scenes])
     recall = {r["strategy"]: r["object_recall"] for r in rows}
     assert recall["pd"] > recall["vd"] + 0.15, rows  # the modality gap's harm, and projection's cure
 
@@ -68,8 +70,8 @@ def test_pd_from_each_images_own_caption_is_bounded_by_the_memory(toy_models):
     rng = toyworld.split_rng(9, "eval")  # the captions caption_query_recall draws with seed 9
     holding = Captioner(decoder, SupportMemory.from_texts(clip, [toyworld.caption(s, rng) for s in scenes]), tau=0.01)
     sparse = Captioner(decoder, SupportMemory.from_texts(clip, toyworld.sentences(0, "memory", 40)), tau=0.01)
-    assert evaluate.caption_query_recall(holding, clip, scenes, seed=9) >= 0.9  # the decoder alone misses a few
-    assert evaluate.caption_query_recall(sparse, clip, scenes, seed=9) < 0.6
+    assert evaluation.caption_query_recall(holding, clip, scenes, seed=9) >= 0.9  # the decoder alone misses a few
+    assert evaluation.caption_query_recall(sparse, clip, scenes, seed=9) < 0.6
 
 
 def test_captioner_refuses_mismatched_inputs(toy_models):

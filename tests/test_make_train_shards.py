@@ -7,11 +7,11 @@ import pytest
 import torch
 import webdataset as wds
 
-from decap_core import shards as shard_files
-from decap_core import toyworld
+from decap_core import train_shards
 from decap_core.clip import load_clip
 from decap_core.memory_files import load_memory
 from decap_core.textnorm import sentence_id
+from decap_core.toy import world as toyworld
 from decap_core.vocab import clip_token_ids
 from jobs import cli
 from pipelines import build_memory, make_train_shards
@@ -41,8 +41,8 @@ def made(corpus, tmp_path_factory):
 
 def read_all(metadata, split):
     pattern = metadata[f"{split}_pattern"] if split == "train" else metadata["validation_pattern"]
-    shard_set = shard_files.ShardSet.open(pattern)
-    return [sample for _, sample in shard_files.iter_shards(shard_set.urls, shard_set, skip_bad=False)]
+    shard_set = train_shards.ShardSet.open(pattern)
+    return [sample for _, sample in train_shards.iter_shards(shard_set.urls, shard_set, skip_bad=False)]
 
 
 def test_every_sentence_once_in_fixed_size_shards_with_its_embedding(corpus, made):
@@ -83,7 +83,7 @@ def test_rerun_is_byte_identical_and_another_shard_size_replaces_the_shards(corp
     again = make(corpus, tmp_path, "--samples-per-shard", "100", "--seed", "7")
     expected_names = [f"train-00000{i}.tar" for i in range(3)] + ["valid-000000.tar"]
     assert sorted(p.name for p in tmp_path.glob("*.tar")) == expected_names
-    assert shard_files.read_vocab(str(tmp_path)).plan.seed == 7 and again["samples"] == metadata["samples"]
+    assert train_shards.read_vocab(str(tmp_path)).plan.seed == 7 and again["samples"] == metadata["samples"]
     assert {s.text for s in read_all(again, "valid")} != {s.text for s in read_all(metadata, "valid")}
 
 

@@ -10,8 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from decap_core import index, memory_files
-from decap_core import shards as shard_files
+from decap_core import index, memory_files, train_shards
 from decap_core.errors import DecapError
 from decap_core.textnorm import sentence_id
 from decap_core.vocab import clip_token_ids
@@ -30,8 +29,8 @@ def old_json(name):
 def samples_of(directory, manifest, split=""):
     """The samples of the shards ``manifest`` lists (of one split, if given), by key."""
     names = [shard.name for shard in manifest.shards if shard.name.startswith(split)]
-    shard_set = shard_files.ShardSet.open([str(directory / name) for name in names])
-    return {s.key: s for _, s in shard_files.iter_shards(shard_set.urls, shard_set, skip_bad=False)}
+    shard_set = train_shards.ShardSet.open([str(directory / name) for name in names])
+    return {s.key: s for _, s in train_shards.iter_shards(shard_set.urls, shard_set, skip_bad=False)}
 
 
 def test_the_old_memory_loads():
@@ -57,14 +56,14 @@ def test_the_old_memory_loads():
 
 
 def test_the_old_shards_load():
-    manifest = shard_files.read_vocab(str(OLD / "shards"))
+    manifest = train_shards.read_vocab(str(OLD / "shards"))
     assert manifest.to_json() == old_json("shards/vocab.json")
     samples = samples_of(OLD / "shards", manifest)
     assert len(samples) == sum(manifest.samples.values()) == 18 and manifest.dead == 2
     train = samples_of(OLD / "shards", manifest, "train-").values()
     assert len(train) == manifest.samples["train"] == 14
     assert manifest.token_counts == Counter(int(t) for s in train for t in s.tokens)
-    assert len(shard_files.compact_vocab(manifest)) == len(manifest.token_counts) + 2  # pad and unk
+    assert len(train_shards.compact_vocab(manifest)) == len(manifest.token_counts) + 2  # pad and unk
     memory = memory_files.load_memory(str(OLD / "memory"))
     by_text = dict(zip(memory.texts, memory.embeddings.numpy()))
     for sample in samples.values():
@@ -96,7 +95,7 @@ def test_the_current_code_writes_what_the_old_code_wrote(tmp_path):
         new, old = (pq.read_table(root / "memory" / shard.name).to_pylist() for root in (tmp_path, OLD))
         assert [(r["id"], r["text"]) for r in new] == [(r["id"], r["text"]) for r in old]
         np.testing.assert_allclose([r["embedding"] for r in new], [r["embedding"] for r in old], atol=1e-6)
-    manifest = shard_files.read_vocab(str(OLD / "shards"))
+    manifest = train_shards.read_vocab(str(OLD / "shards"))
     new, old = samples_of(tmp_path / "shards", manifest), samples_of(OLD / "shards", manifest)
     assert sorted(new) == sorted(old)
     assert all(new[k].text == old[k].text and np.array_equal(new[k].tokens, old[k].tokens) for k in old)

@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from decap_core import toyworld
-from decap_core.checkpoint import load_decoder
 from decap_core.clip import create_model
+from decap_core.decoder_files import load_decoder
 from decap_core.errors import DecapError
+from decap_core.toy import world as toyworld
 from decap_core.training import SUMMARY, ShardSettings, TrainSettings
 from decap_core.vocab import clip_token_ids
 from jobs import cli, train_decoder

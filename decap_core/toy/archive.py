@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from webdataset.writer import TarWriter
 
-from decap_core import toyworld
+from decap_core.toy import world as toyworld
 
 
 def write_scene_shards(scenes: Sequence[toyworld.Scene], directory: str, per_shard: int = 100, size: int = 128,

@@ -5,8 +5,9 @@ import itertools
 
 import torch
 
-from decap_core import metrics, toyworld
+from decap_core import metrics
 from decap_core.clip import ClipModel
+from decap_core.toy import world as toyworld
 
 
 def single_object_prompts() -> list[tuple[tuple[str, str], str]]:

@@ -1,6 +1,6 @@
 """Resumable decoder-training checkpoints under ``OUT/checkpoints/step-NNNNNNNN/``.
 
-Each holds the decoder as ``decoder.safetensors`` + ``decoder.json`` (``decap_core.checkpoint``)
+Each holds the decoder as ``decoder.safetensors`` + ``decoder.json`` (``decap_core.decoder_files``)
 and ``trainer.pt``: step, optimizer and scheduler state and the torch RNG, plain tensors and
 numbers only, read back with ``torch.load(weights_only=True)``. ``trainer.pt`` is written last (by a
 rename), so a checkpoint without it (a run killed while writing) is ignored; resuming takes the newest whole one.
@@ -13,7 +13,7 @@ from typing import Any
 import fsspec
 import torch
 
-from decap_core.checkpoint import DecoderBundle, load_decoder, save_decoder
+from decap_core.decoder_files import DecoderBundle, load_decoder, save_decoder
 from decap_core.errors import DecapError
 
 CHECKPOINTS = "checkpoints"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from decap_core import toyworld
+from decap_core.toy import world as toyworld
 
 
 def test_same_seed_same_world():

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from decap_core.checkpoint import DecoderBundle, load_decoder, save_decoder
 from decap_core.decoder import Decoder, DecoderConfig
+from decap_core.decoder_files import DecoderBundle, load_decoder, save_decoder
 from decap_core.errors import DecapError
 from decap_core.vocab import PAD, CompactVocab
 

@@ -1,14 +1,54 @@
-"""Caption quality on the toy world's held-out images: a table per strategy and a tau sweep."""
+"""Caption quality on the toy world's held-out images: objects named, per strategy and tau.
+
+A caption is judged on the ``<colour> <shape>`` pairs it names (size words aside) against the
+scene's objects; ``score_rows`` scores a captions output (the pipeline's rows) per strategy.
+"""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from decap_core import metrics, toyworld
 from decap_core.captioner import Captioner
 from decap_core.clip import ClipModel
+from decap_core.toy import world as toyworld
+
+
+def object_scores(captions: Iterable[str], truths: Iterable[frozenset[tuple[str, str]]]) -> dict[str, float]:
+    """Toy-world caption quality, judged on ``<colour> <shape>`` pairs (size words aside).
+
+    ``object_recall``: share of true objects the caption names. ``exact``: share of captions that
+    name every object and invent none. ``hallucination``: share of named objects that are absent.
+    """
+    named_true = total_true = invented = total_named = exact = images = 0
+    for text, truth in zip(captions, truths):
+        named = set(toyworld.parse_objects(text))
+        named_true += len(named & truth)
+        total_true += len(truth)
+        invented += len(named - truth)
+        total_named += len(named)
+        exact += named == set(truth)
+        images += 1
+    return {
+        "object_recall": named_true / max(1, total_true),
+        "exact": exact / max(1, images),
+        "hallucination": invented / max(1, total_named),
+    }
+
+
+def score_rows(rows: Iterable[Mapping[str, Any]], truths: Mapping[str, frozenset], strategies: Sequence[str],
+               tau: float | None) -> list[dict]:
+    """One table row per strategy from caption rows (``key``, ``strategy``, ``caption``): the pipeline's output."""
+    by_strategy: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_strategy.setdefault(row["strategy"], []).append(row)
+    table = []
+    for strategy in strategies:
+        chosen = by_strategy.get(strategy, [])
+        scores = object_scores([r["caption"] for r in chosen], [truths[r["key"]] for r in chosen])
+        table.append({"strategy": strategy, "tau": tau if strategy == "pd" else None, **scores})
+    return table
 
 
 def memory_coverage(memory_texts: Sequence[str], truths: Sequence[frozenset]) -> float:
@@ -29,12 +69,12 @@ def evaluate(
     for strategy in strategies:
         captions = captioner.caption(image_embeddings, strategy)
         tau = captioner.tau if strategy == "pd" else None
-        rows.append({"strategy": strategy, "tau": tau, **metrics.object_scores(captions, truths)})
+        rows.append({"strategy": strategy, "tau": tau, **object_scores(captions, truths)})
     for tau in taus:
         if tau == captioner.tau:
             continue
         captions = replace(captioner, tau=tau).caption(image_embeddings, "pd")
-        rows.append({"strategy": "pd", "tau": tau, **metrics.object_scores(captions, truths)})
+        rows.append({"strategy": "pd", "tau": tau, **object_scores(captions, truths)})
     return rows
 
 
@@ -47,14 +87,14 @@ def caption_query_recall(captioner: Captioner, clip: ClipModel, scenes: Sequence
     rng = toyworld.split_rng(seed, "eval")
     queries = clip.encode_text([toyworld.caption(scene, rng) for scene in scenes])
     captions = captioner.caption(queries, "pd")
-    return metrics.object_scores(captions, [scene.object_set() for scene in scenes])["object_recall"]
+    return object_scores(captions, [scene.object_set() for scene in scenes])["object_recall"]
 
 
 def choose_tau(captioner: Captioner, image_embeddings: torch.Tensor, truths: Sequence[frozenset],
                taus: Sequence[float]) -> tuple[float, float]:
     """The tau under which ``pd`` names the most objects of these (validation) images, and that share."""
     recall = {
-        tau: metrics.object_scores(replace(captioner, tau=tau).caption(image_embeddings, "pd"), truths)["object_recall"]
+        tau: object_scores(replace(captioner, tau=tau).caption(image_embeddings, "pd"), truths)["object_recall"]
         for tau in taus
     }
     best = max(taus, key=lambda tau: (recall[tau], -tau))
@@ -84,27 +124,3 @@ def format_table(rows: Sequence[dict]) -> str:
             f"{row['strategy']:<10}{tau:>8}{row['object_recall']:>16.1%}{row['exact']:>13.1%}{row['hallucination']:>11.1%}"
         )
     return "\n".join(lines)
-
-
-def plot_tau_sweep(rows: Sequence[dict], path: str) -> None:
-    """Object recall of ``pd`` against tau, with the baselines as horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sweep = sorted((r["tau"], r["object_recall"]) for r in rows if r["strategy"] == "pd")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([t for t, _ in sweep], [v for _, v in sweep], marker="o", label="pd (projection)")
-    for row in rows:
-        if row["strategy"] != "pd":
-            ax.axhline(row["object_recall"], linestyle="--", label=row["strategy"], color=None)
-    ax.set_xscale("log")
-    ax.set_xlabel("tau")
-    ax.set_ylabel("objects named (held-out images)")
-    ax.set_ylim(0, 1.02)
-    ax.legend()
-    ax.set_title("DeCap on the toy world")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
