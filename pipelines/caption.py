@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import apache_beam as beam
 import fsspec
 import pyarrow.compute as pc
+import torch
 from apache_beam.utils.shared import Shared
 
 from decap_core import captions_files, projection
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse images with more pixels (decompression bombs), read from the header")
     parser.add_argument("--min-side", type=int, default=ImageLimits.min_side, help="refuse images with a shorter side")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per worker process (default: torch's; with several worker "
+                             "processes on few cores, 1 can be several times faster)")
     return parser
 
 
@@ -63,6 +67,8 @@ def settings_of(args: argparse.Namespace) -> CaptionSettings:
     """The run's settings, every value checked (before any model or record is read)."""
     if args.files_per_shard < 1:
         raise DecapError(f"--files-per-shard must be at least 1, got {args.files_per_shard}")
+    if args.threads is not None and args.threads < 1:
+        raise DecapError(f"--threads must be at least 1, got {args.threads}")
     limits = ImageLimits(max_pixels=args.max_pixels, min_side=args.min_side)
     return CaptionSettings(
         clip_model=args.clip_model, clip_checkpoint=args.clip_checkpoint, decoder=args.decoder.rstrip("/"),
@@ -74,12 +80,14 @@ def settings_of(args: argparse.Namespace) -> CaptionSettings:
 class CaptionShards(beam.DoFn):
     """Captions whole input shards, with one set of models per worker process (a Beam ``Shared`` handle)."""
 
-    def __init__(self, settings: CaptionSettings, output: str, signature: str):
-        self._settings, self._output, self._signature = settings, output, signature
+    def __init__(self, settings: CaptionSettings, output: str, signature: str, threads: int | None):
+        self._settings, self._output, self._signature, self._threads = settings, output, signature, threads
         self._shared = Shared()
         self._models: CaptionModels | None = None
 
     def setup(self) -> None:
+        if self._threads:
+            torch.set_num_threads(self._threads)
         self._models = self._shared.acquire(lambda: CaptionModels.load(self._settings), tag=self._signature)
 
     def process(self, shard: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -115,7 +123,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                 pipeline
                 | "ListShards" >> beam.Create([shard.to_dict() for shard in pending])
                 | "SpreadShards" >> beam.Reshuffle()
-                | "CaptionShards" >> beam.ParDo(CaptionShards(settings, output, signature))
+                | "CaptionShards" >> beam.ParDo(CaptionShards(settings, output, signature, args.threads))
             )
     manifest = summarise(output, args.input, shards, settings, fingerprints, signature,
                          {"captioned_shards": len(pending), "skipped_shards": len(shards) - len(pending),

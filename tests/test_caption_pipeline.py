@@ -176,6 +176,7 @@ def test_image_files_with_colliding_keys_are_refused_not_doubled(models, tmp_pat
     (["--topk", "0"], "--topk must be at least 1"),
     (["--max-tokens", "500"], "exceeds the decoder's"),
     (["--num-shard", "2"], "unknown option --num-shard"),
+    (["--threads", "0"], "--threads must be at least 1"),
 ])
 def test_bad_options_are_one_line_before_any_work(models, archive, tmp_path, capsys, flags, message):
     root, _, _ = archive

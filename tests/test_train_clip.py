@@ -37,6 +37,7 @@ def two_threads():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_two_cpu_trainings_of_one_seed_give_the_same_weights(tmp_path, two_threads):
     weights = []
     for run in ("first", "second"):
