@@ -3,8 +3,9 @@
 The (unit-norm) CLIP embedding, mapped by a linear layer, is the first position; the sentence's
 tokens follow, so position 0 predicts the first word and the last position the end token. Tokens
 are ids of a compact vocabulary (``decap_core.vocab``): the model predicts only tokens its corpus
-uses. Decoding is batched, with a key/value cache: greedy and beam search, a length limit, each row
-stopping at its end token. Tensors in, tensors out: files live in ``decap_core.checkpoint``.
+uses. Decoding is batched, with a preallocated key/value cache written in place: greedy and beam
+search, a length limit, each row stopping at its end token, finished rows dropped from the batch.
+Tensors in, tensors out: files live in ``decap_core.decoder_files``.
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 CONFIG_DIR = pathlib.Path(__file__).parent / "model_configs"
-KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+# Matrix products give every row the same bits whatever the number of rows from 12 rows up (MKL,
+# measured); dropping finished rows never leaves fewer, so it cannot change any token.
+MIN_ROWS = 16
 
 
 @dataclass
@@ -45,6 +48,27 @@ class DecoderConfig:
         return asdict(self)
 
 
+class KVCache:
+    """Keys and values of every layer, preallocated for ``capacity`` positions: ``[N, H, T, d]`` each.
+
+    A step writes its keys and values in place after the ``length`` filled positions and attends
+    over the filled prefix; nothing moves unless rows are reordered or dropped (``select``).
+    """
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int = 0):
+        self.layers = layers
+        self.length = length
+
+    @classmethod
+    def empty(cls, config: DecoderConfig, rows: int, capacity: int, like: torch.Tensor) -> "KVCache":
+        shape = (rows, config.n_head, capacity, config.n_embd // config.n_head)
+        return cls([(like.new_empty(shape), like.new_empty(shape)) for _ in range(config.n_layer)])
+
+    def select(self, index: torch.Tensor) -> "KVCache":
+        """A cache of rows ``index`` (beam reordering, dropping finished rows)."""
+        return KVCache([(k.index_select(0, index), v.index_select(0, index)) for k, v in self.layers], self.length)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: DecoderConfig):
         super().__init__()
@@ -53,21 +77,22 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None):
+    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None, start: int = 0):
+        """``cache``: this layer's buffers, filled before ``start``; ``x`` is written after them."""
         batch, length, width = x.shape
         q, k, v = self.qkv(x).split(width, dim=2)
         q, k, v = (t.view(batch, length, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
-        # With a cache, new positions come last and may see every earlier one; the causal mask
-        # is only needed among the new positions themselves, which is when there is no past.
+        if cache is not None:
+            end = start + length
+            cache[0][:, :, start:end] = k
+            cache[1][:, :, start:end] = v
+            k, v = cache[0][:, :, :end], cache[1][:, :, :end]
+        # New positions come last and may see every earlier one; the causal mask is only needed
+        # among the new positions themselves, which is when nothing came before them.
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=past is None and length > 1,
-            dropout_p=self.dropout if self.training else 0.0,
+            q, k, v, is_causal=start == 0 and length > 1, dropout_p=self.dropout if self.training else 0.0,
         )
-        y = y.transpose(1, 2).contiguous().view(batch, length, width)
-        return self.proj(y), (k, v)
+        return self.proj(y.transpose(1, 2).reshape(batch, length, width))
 
 
 class MLP(nn.Module):
@@ -89,10 +114,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, past=None):
-        attended, present = self.attn(self.ln_1(x), past)
-        x = x + attended
-        return x + self.mlp(self.ln_2(x)), present
+    def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None, start: int = 0):
+        x = x + self.attn(self.ln_1(x), cache, start)
+        return x + self.mlp(self.ln_2(x))
 
 
 class Decoder(nn.Module):
@@ -121,8 +145,7 @@ class Decoder(nn.Module):
 
     def forward(self, prefix: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, 1 + T, V]`` for inputs ``[prefix, tokens...]`` (tokens without start)."""
-        logits, _ = self._run(self._embed(prefix, tokens, offset=0), past=None)
-        return logits
+        return self._run(self._embed(prefix, tokens, offset=0))
 
     def _embed(self, prefix: torch.Tensor | None, tokens: torch.Tensor | None, offset: int) -> torch.Tensor:
         parts = []
@@ -130,16 +153,17 @@ class Decoder(nn.Module):
             parts.append(self.prefix_map(prefix.to(self.prefix_map.weight.dtype)).unsqueeze(1))
         if tokens is not None and tokens.shape[1] > 0:
             parts.append(self.token_embedding(tokens))
-        x = torch.cat(parts, dim=1)
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         positions = torch.arange(offset, offset + x.shape[1], device=x.device)
         return self.drop(x + self.position_embedding(positions))
 
-    def _run(self, x: torch.Tensor, past: KVCache | None) -> tuple[torch.Tensor, KVCache]:
-        presents = []
+    def _run(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits for positions ``x``; with a cache they follow its filled prefix and are added to it."""
         for i, block in enumerate(self.blocks):
-            x, present = block(x, None if past is None else past[i])
-            presents.append(present)
-        return self.head(self.ln_f(x)), presents
+            x = block(x) if cache is None else block(x, cache.layers[i], cache.length)
+        if cache is not None:
+            cache.length += x.shape[1]
+        return self.head(self.ln_f(x))
 
     def loss(self, prefix: torch.Tensor, tokens: torch.Tensor, pad_id: int, label_smoothing: float = 0.1):
         """Cross-entropy of the sentence given its prefix. ``tokens``: ``[start, w1..wn, end, pad..]``."""
@@ -151,24 +175,15 @@ class Decoder(nn.Module):
         ), logits, targets
 
     # ---- decoding -------------------------------------------------------------------------
-    def _start(self, prefix: torch.Tensor, use_cache: bool):
-        logits, cache = self._run(self._embed(prefix, None, 0), None)
-        return logits[:, -1].float(), (cache if use_cache else (prefix, None))
-
-    def _advance(self, tokens: torch.Tensor, history: torch.Tensor, state, use_cache: bool):
-        """Next-token log-probs after ``history`` ``[N, t]`` (``tokens`` is its last column)."""
-        if use_cache:
-            logits, cache = self._run(self._embed(None, tokens[:, None], history.shape[1]), state)
-            return logits[:, -1].float(), cache
-        prefix, _ = state
-        logits = self(prefix, history)
-        return logits[:, -1].float(), state
+    def _next_logits(self, state: KVCache | torch.Tensor, history: torch.Tensor, steps: int) -> torch.Tensor:
+        """Next-token logits after ``history[:, :steps]``; ``state`` is the cache or, without one, the prefixes."""
+        if isinstance(state, KVCache):
+            return self._run(self._embed(None, history[:, steps - 1 : steps], steps), state)[:, -1].float()
+        return self(state, history[:, :steps])[:, -1].float()
 
     @staticmethod
-    def _reorder(state, index: torch.Tensor, use_cache: bool):
-        if use_cache:
-            return [(k.index_select(0, index), v.index_select(0, index)) for k, v in state]
-        return (state[0].index_select(0, index), None)
+    def _select(state: KVCache | torch.Tensor, rows: torch.Tensor) -> KVCache | torch.Tensor:
+        return state.select(rows) if isinstance(state, KVCache) else state.index_select(0, rows)
 
     @torch.no_grad()
     def generate(
@@ -187,42 +202,71 @@ class Decoder(nn.Module):
         ``beam_width`` 1 is greedy decoding. Beams are ranked by summed log-probability divided
         by ``length ** length_penalty``. ``use_cache=False`` recomputes the whole sequence at every
         step, as the reference implementation does; it exists to check the cache. ``banned_ids``
-        (pad, unk, start) are never produced.
+        (pad, unk, start) are never produced. Rows whose beams have all ended leave the active
+        batch once they are an eighth of it, so they stop costing compute.
         """
-        banned = torch.tensor(sorted({pad_id, *banned_ids}), device=prefix.device)
+        device, width = prefix.device, beam_width
+        banned = torch.tensor(sorted({pad_id, *banned_ids}), device=device)
 
         def log_probs(logits: torch.Tensor) -> torch.Tensor:
             logits[:, banned] = float("-inf")
             return logits.log_softmax(-1)
 
         max_tokens = min(max_tokens or self.config.max_tokens, self.config.max_tokens)
-        batch, width = prefix.shape[0], beam_width
-        logits, state = self._start(prefix, use_cache)
-        logprobs = log_probs(logits)
-        scores, first = logprobs.topk(width, dim=-1)  # [B, W]
-        history = first.reshape(batch * width, 1)
-        state = self._reorder(state, torch.arange(batch, device=prefix.device).repeat_interleave(width), use_cache)
+        batch = prefix.shape[0]
+        state = KVCache.empty(self.config, batch, max_tokens, self.prefix_map.weight) if use_cache else prefix
+        logits = self._run(self._embed(prefix, None, 0), state if use_cache else None)[:, -1].float()
+        scores, first = log_probs(logits).topk(width, dim=-1)  # [B, W]
+        if width > 1:
+            state = self._select(state, torch.arange(batch, device=device).repeat_interleave(width))
+        history = torch.full((batch * width, max_tokens), pad_id, dtype=torch.long, device=device)
+        history[:, 0] = first.reshape(-1)
         finished = (first == end_id).reshape(-1)
-        for _ in range(max_tokens - 1):
-            if bool(finished.all()):
+        items = torch.arange(batch, device=device)  # the batch row of each active row
+        out = torch.full((batch, max_tokens), pad_id, dtype=torch.long, device=device)
+        steps = 1
+        while steps < max_tokens:
+            done = finished.view(-1, width).all(dim=1)
+            if bool(done.all()):
                 break
-            logits, state = self._advance(history[:, -1], history, state, use_cache)
-            logprobs = log_probs(logits)
+            drop = _rows_to_drop(done, width)
+            if drop is not None:
+                out[items[drop]] = _best_beams(history, scores, drop, pad_id, length_penalty)
+                keep = (~drop).nonzero().squeeze(1)
+                rows = (keep[:, None] * width + torch.arange(width, device=device)).reshape(-1)
+                items, scores, history, finished = items[keep], scores[keep], history[rows], finished[rows]
+                state = self._select(state, rows)
+            logprobs = log_probs(self._next_logits(state, history, steps))
             # A finished beam continues with pad at no cost, so it keeps its score and stays unique.
             logprobs[finished] = float("-inf")
             logprobs[finished, pad_id] = 0.0
-            candidates = (scores.reshape(-1, 1) + logprobs).reshape(batch, -1)
-            scores, flat = candidates.topk(width, dim=-1)
             vocab = logprobs.shape[-1]
-            rows = (flat // vocab + torch.arange(batch, device=prefix.device)[:, None] * width).reshape(-1)
+            scores, flat = (scores.reshape(-1, 1) + logprobs).reshape(len(items), -1).topk(width, dim=-1)
+            if width > 1:  # beams move between rows; with one beam a row stays where it is
+                rows = (flat // vocab + torch.arange(len(items), device=device)[:, None] * width).reshape(-1)
+                history, finished = history.index_select(0, rows), finished.index_select(0, rows)
+                state = self._select(state, rows)
             tokens = (flat % vocab).reshape(-1)
-            history = torch.cat([history.index_select(0, rows), tokens[:, None]], dim=1)
-            finished = finished.index_select(0, rows) | (tokens == end_id)
-            state = self._reorder(state, rows, use_cache)
-        lengths = ((history != pad_id).sum(dim=1)).float().reshape(batch, width)
-        ranked = scores / lengths.clamp(min=1) ** length_penalty
-        best = ranked.argmax(dim=1) + torch.arange(batch, device=prefix.device) * width
-        return history.index_select(0, best)
+            history[:, steps] = tokens
+            finished = finished | (tokens == end_id)
+            steps += 1
+        out[items] = _best_beams(history, scores, torch.ones_like(items, dtype=torch.bool), pad_id, length_penalty)
+        return out[:, :steps]
+
+    def decoding_flops(self, tokens: torch.Tensor, pad_id: int) -> float:
+        """Matrix FLOPs that greedy ``generate`` needs for its output ``tokens`` ``[B, L]``.
+
+        A row of n tokens fed n positions (the prefix, then each token but its last); each costs
+        2 FLOPs a weight of the blocks and the output head, plus attention over the filled prefix
+        (4 x width a position a layer); the prefix adds its linear map. Rows that ended count nothing.
+        """
+        c = self.config
+        weights = sum(m.weight.numel() for m in self.blocks.modules() if isinstance(m, nn.Linear))
+        weights += self.head.weight.numel()
+        positions = (tokens != pad_id).sum(dim=1).double()
+        attended = (positions * (positions + 1) / 2).sum()  # position i attends to i + 1 positions
+        return float(2 * weights * positions.sum() + 4 * c.n_embd * c.n_layer * attended
+                     + 2 * self.prefix_map.weight.numel() * len(tokens))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -231,3 +275,24 @@ class Decoder(nn.Module):
         """Approximate training FLOPs per token (6N plus attention), as nanoGPT estimates them."""
         c = self.config
         return 6 * self.num_parameters() + 12 * c.n_layer * c.n_embd * (c.max_tokens + 1)
+
+
+def _rows_to_drop(done: torch.Tensor, width: int) -> torch.Tensor | None:
+    """Which finished rows to drop from the active batch: once they are an eighth of it, never leaving
+    fewer than ``MIN_ROWS`` rows (the first finished ones stay to make up the number); else None."""
+    active, count = len(done), int(done.sum())
+    stay = max(0, -(-MIN_ROWS // width) - (active - count))
+    if count <= stay or (count - stay) * 8 < active:
+        return None
+    drop = done.clone()
+    drop[done.nonzero()[:stay, 0]] = False
+    return drop
+
+
+def _best_beams(history: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor, pad_id: int,
+                length_penalty: float) -> torch.Tensor:
+    """The best-ranked beam of each row in the mask ``rows``: ``[n, L]`` from ``history`` ``[A * W, L]``."""
+    beams = history.view(*scores.shape, -1)[rows]
+    lengths = (beams != pad_id).sum(dim=2).float()
+    best = (scores[rows] / lengths.clamp(min=1) ** length_penalty).argmax(dim=1)
+    return beams[torch.arange(len(best), device=beams.device), best]

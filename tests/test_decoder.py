@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from decap_core.decoder import Decoder, DecoderConfig
 from decap_core.vocab import PAD, UNK, CompactVocab, clip_token_ids, pad_batch
@@ -17,6 +18,117 @@ def model():
 @pytest.fixture(scope="module")
 def prefixes():
     return F.normalize(torch.randn(9, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return F.normalize(torch.randn(64, 16, generator=torch.Generator().manual_seed(2)), dim=-1)
+
+
+@pytest.fixture(scope="module")
+def varied_end(model, batch):
+    """An end id at which the rows of ``batch`` end at many different steps (some never)."""
+    free = model.generate(batch, -1, PAD, banned_ids=BANNED, use_cache=False)
+
+    def first_steps(token):
+        return {int((row == token).nonzero()[0, 0]) if (row == token).any() else -1 for row in free}
+
+    return max(set(free.flatten().tolist()), key=lambda token: len(first_steps(token)))
+
+
+BANNED = (UNK, 2, 5)
+
+
+@torch.no_grad()
+def todays_cached_generate(model, prefix, end_id, pad_id, max_tokens, beam_width, banned_ids, length_penalty):
+    """Cached decoding as it was before the preallocated cache: every step concatenates its keys and
+    values to the cache and reorders every row of it, for greedy decoding too; no row leaves."""
+
+    def run(x, past):
+        presents = []
+        for i, block in enumerate(model.blocks):
+            h = block.ln_1(x)
+            q, k, v = block.attn.qkv(h).split(h.shape[-1], dim=2)
+            q, k, v = (t.view(*h.shape[:2], block.attn.n_head, -1).transpose(1, 2) for t in (q, k, v))
+            if past is not None:
+                k, v = torch.cat([past[i][0], k], dim=2), torch.cat([past[i][1], v], dim=2)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=past is None and h.shape[1] > 1)
+            x = x + block.attn.proj(y.transpose(1, 2).reshape(h.shape))
+            x = x + block.mlp(block.ln_2(x))
+            presents.append((k, v))
+        return model.head(model.ln_f(x))[:, -1].float(), presents
+
+    banned = torch.tensor(sorted({pad_id, *banned_ids}))
+
+    def log_probs(logits):
+        logits[:, banned] = float("-inf")
+        return logits.log_softmax(-1)
+
+    batch, width = len(prefix), beam_width
+    logits, cache = run(model._embed(prefix, None, 0), None)
+    scores, first = log_probs(logits).topk(width, dim=-1)
+    history = first.reshape(batch * width, 1)
+    rows = torch.arange(batch).repeat_interleave(width)
+    cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in cache]
+    finished = (first == end_id).reshape(-1)
+    for _ in range(max_tokens - 1):
+        if bool(finished.all()):
+            break
+        logits, cache = run(model._embed(None, history[:, -1:], history.shape[1]), cache)
+        logprobs = log_probs(logits)
+        logprobs[finished] = float("-inf")
+        logprobs[finished, pad_id] = 0.0
+        scores, flat = (scores.reshape(-1, 1) + logprobs).reshape(batch, -1).topk(width, dim=-1)
+        vocab = logprobs.shape[-1]
+        rows = (flat // vocab + torch.arange(batch)[:, None] * width).reshape(-1)
+        tokens = (flat % vocab).reshape(-1)
+        history = torch.cat([history.index_select(0, rows), tokens[:, None]], dim=1)
+        finished = finished.index_select(0, rows) | (tokens == end_id)
+        cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in cache]
+    lengths = (history != pad_id).sum(dim=1).float().reshape(batch, width)
+    best = (scores / lengths.clamp(min=1) ** length_penalty).argmax(dim=1) + torch.arange(batch) * width
+    return history.index_select(0, best)
+
+
+@pytest.mark.parametrize("beam_width", [1, 3])
+@pytest.mark.parametrize("max_tokens, length_penalty", [(14, 0.0), (9, 1.0)])
+def test_decoding_equals_todays_cached_decoding_and_recomputation(
+    model, batch, varied_end, beam_width, max_tokens, length_penalty
+):
+    settings = dict(max_tokens=max_tokens, beam_width=beam_width, banned_ids=BANNED, length_penalty=length_penalty)
+    tokens = model.generate(batch, varied_end, PAD, **settings)
+    lengths = (tokens != PAD).sum(dim=1)
+    assert len(set(lengths.tolist())) >= 4 and int(lengths.max()) == max_tokens  # rows end at many steps
+    assert not set(tokens.flatten().tolist()) & set(BANNED)
+    today = todays_cached_generate(model, batch, varied_end, PAD, max_tokens, beam_width, BANNED, length_penalty)
+    assert torch.equal(tokens, today)
+    assert torch.equal(tokens, model.generate(batch, varied_end, PAD, use_cache=False, **settings))
+
+
+def test_finished_rows_leave_the_batch(model, batch, varied_end):
+    rows = []
+    hook = model.head.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[0]))
+    try:
+        tokens = model.generate(batch, varied_end, PAD, banned_ids=BANNED)
+    finally:
+        hook.remove()
+    active = [(tokens[:, :step] != varied_end).all(dim=1).sum() for step in range(len(rows))]
+    assert rows[0] == len(batch) and rows[-1] < len(batch)
+    assert all(later <= earlier for earlier, later in zip(rows, rows[1:]))
+    # every row still decoding is in the batch; of the finished ones at most an eighth stay, or 16 rows
+    assert all(int(a) <= r <= max(int(a) + len(batch) // 8, 16) for a, r in zip(active, rows))
+
+
+def test_decoding_flops_count_what_the_matrix_products_do(model, batch):
+    with FlopCounterMode(display=False) as counter:
+        tokens = model.generate(batch, -1, PAD)  # no row ends: every row runs every step
+    n = tokens.shape[1]
+    attention = 4 * model.config.n_embd * model.config.n_layer * len(batch) * n * (n + 1) / 2
+    # the counter sees the linear layers (not CPU attention); every row ran n positions
+    assert model.decoding_flops(tokens, PAD) == pytest.approx(counter.get_total_flops() + attention, rel=1e-9)
+    shorter = tokens.clone()
+    shorter[: len(batch) // 2, n // 2 :] = PAD  # rows that ended earlier count less
+    assert model.decoding_flops(shorter, PAD) < model.decoding_flops(tokens, PAD)
 
 
 def test_named_configs():
