@@ -165,15 +165,6 @@ class Decoder(nn.Module):
             cache.length += x.shape[1]
         return self.head(self.ln_f(x))
 
-    def loss(self, prefix: torch.Tensor, tokens: torch.Tensor, pad_id: int, label_smoothing: float = 0.1):
-        """Cross-entropy of the sentence given its prefix. ``tokens``: ``[start, w1..wn, end, pad..]``."""
-        targets = tokens[:, 1:]
-        logits = self(prefix, tokens[:, 1:-1])
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-            ignore_index=pad_id, label_smoothing=label_smoothing,
-        ), logits, targets
-
     # ---- decoding -------------------------------------------------------------------------
     def _next_logits(self, state: KVCache | torch.Tensor, history: torch.Tensor, steps: int) -> torch.Tensor:
         """Next-token logits after ``history[:, :steps]``; ``state`` is the cache or, without one, the prefixes."""
