@@ -19,6 +19,7 @@ BENCHMARKS = [
     "benchmarks.bench_encode_step",
     "benchmarks.bench_memory",
     "benchmarks.bench_decoding",
+    "benchmarks.bench_projection",
     "benchmarks.bench_caption",
     "benchmarks.bench_training",  # last: it sets torch to one thread
 ]
