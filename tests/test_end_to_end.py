@@ -45,8 +45,9 @@ def test_caption_pipeline_captions_a_toy_archive_from_webdataset_tars(toy_models
         chosen = [r for r in rows if r["strategy"] == strategy]
         scores = evaluation.object_scores([r["caption"] for r in chosen], [truths[r["key"]] for r in chosen])
         recall[strategy] = scores["object_recall"]
-    # the session's models gave pd 0.75, vd 0.53 on 200 such images with this memory (in process)
-    assert recall["pd"] > 0.6 and recall["pd"] > recall["vd"] + 0.15, recall
+    # measured with this memory and tau in process: pd 0.75, vd 0.53 (200 images, the 2026-11-28 machine kind);
+    # pd 0.82, vd 0.66 (these 120 images, the 2026-12-01 kind, the demo's shard-trained decoder)
+    assert recall["pd"] > 0.6 and recall["pd"] > recall["vd"] + 0.10, recall
     pd_scores = [r["clip_score"] for r in rows if r["strategy"] == "pd"]
     assert sum(pd_scores) / len(pd_scores) > 0.3  # captions sit near their images in CLIP space
 
