@@ -65,7 +65,7 @@ class Captioner:
 
     def caption(self, image_embeddings: torch.Tensor, strategy: str = "pd") -> list[str]:
         """Captions for ``[N, D]`` unit-norm image embeddings with one projection strategy."""
-        return self.caption_batch(image_embeddings, (strategy,), neighbors=1).captions[strategy]
+        return self.caption_batch(image_embeddings, (strategy,), neighbors=0).captions[strategy]
 
     def caption_batch(self, image_embeddings: torch.Tensor, strategies: Sequence[str],
                       neighbors: int = 5) -> CaptionBatch:
@@ -78,7 +78,8 @@ class Captioner:
                 f"image embeddings have width {image_embeddings.shape[-1]}, the memory has {self.memory.dim}"
             )
         queries = image_embeddings.float()
-        wanted = max(1, neighbors)
+        needs_nearest = "nnd" in strategies or "clipre" in strategies
+        wanted = max(1, neighbors) if needs_nearest else neighbors
         if self.index is not None:  # pd mixes the topk rows; the neighbours shown may be more
             projected, rows, weights = projection.project_pd_topk(
                 queries, self.index, self.memory.embeddings, self.topk, self.tau)
@@ -87,8 +88,11 @@ class Captioner:
                                                               self.tau)
         else:
             projected = projection.project_pd(queries, self.memory.chunks(), self.tau) if "pd" in strategies else None
-            rows, weights = projection.top_neighbors(queries, self.memory.chunks(), wanted, self.tau)
-        nearest = rows[:, 0]
+            if wanted:  # one more pass over the memory, only when neighbours or the nearest row are asked for
+                rows, weights = projection.top_neighbors(queries, self.memory.chunks(), wanted, self.tau)
+            else:
+                rows, weights = torch.zeros(len(queries), 0, dtype=torch.long), torch.zeros(len(queries), 0)
+        nearest = rows[:, 0] if needs_nearest else None
         captions: dict[str, list[str]] = {}
         for strategy in strategies:
             if strategy == "pd":
