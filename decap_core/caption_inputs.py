@@ -301,9 +301,13 @@ def _img2dataset_sidecar(tar_url: str) -> dict[str, tuple[str | None, str | None
     names = table.column_names
     if "key" not in names:
         return {}
-    columns = [table.column(c).to_pylist() if c in names else [None] * table.num_rows
-               for c in ("key", "url", "caption")]
+    columns = [_optional_column(table, c) for c in ("key", "url", "caption")]
     return {str(k): (u, c) for k, u, c in zip(*columns) if k is not None}
+
+
+def _optional_column(data: pa.Table | pa.RecordBatch, name: str) -> list[Any]:
+    """A column's values, or a None for every row when the table has no such column."""
+    return data.column(name).to_pylist() if name in data.schema.names else [None] * data.num_rows
 
 
 def _read_files(shard: InputShard) -> Iterator[Record]:
@@ -335,12 +339,8 @@ def _read_embeddings_parquet(shard: InputShard) -> Iterator[Record]:
             seen: set[str] = set()
             row = 0
             for batch in parquet.iter_batches(columns=[*EMBEDDING_COLUMNS, *extra], batch_size=4096):
-                columns = {name: batch.column(name) for name in batch.schema.names}
-                keys = columns["key"].to_pylist()
-                vectors = columns["embedding"].to_pylist()
-                urls = columns["url"].to_pylist() if "url" in columns else [None] * len(keys)
-                captions = columns["caption"].to_pylist() if "caption" in columns else [None] * len(keys)
-                for key, vector, url, caption in zip(keys, vectors, urls, captions):
+                columns = [_optional_column(batch, c) for c in ("key", "embedding", "url", "caption")]
+                for key, vector, url, caption in zip(*columns):
                     source = f"{shard.url}:{row}"
                     row += 1
                     yield _embedding_record(key, source, vector, url, caption, seen)
@@ -384,9 +384,7 @@ def _read_clip_retrieval(shard: InputShard) -> Iterator[Record]:
                             f"{embeddings.shape} embeddings, {metadata.num_rows} metadata rows, "
                             f"columns {metadata.column_names}")
         return
-    keys = metadata.column("image_path").to_pylist()
-    urls = metadata.column("url").to_pylist() if "url" in metadata.column_names else [None] * len(keys)
-    captions = metadata.column("caption").to_pylist() if "caption" in metadata.column_names else [None] * len(keys)
+    keys, urls, captions = (_optional_column(metadata, c) for c in ("image_path", "url", "caption"))
     seen: set[str] = set()
     for row, (key, url, caption) in enumerate(zip(keys, urls, captions)):
         yield _embedding_record(key, f"{shard.url}:{row}", embeddings[row], url, caption, seen)
