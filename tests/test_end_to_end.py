@@ -58,10 +58,14 @@ def test_projection_beats_decoding_the_image_embedding(toy_models):
     memory = SupportMemory.from_texts(clip, toyworld.sentences(0, "memory", 2000))
     scenes = toyworld.scenes(6, "eval", 200)
     embeddings = clip.encode_images([toyworld.render(s, 128) for s in scenes])
-    # a small memory (2,000 sentences) keeps this quick; the demo's models gave pd 75%, vd 53% here
+    # a small memory (2,000 sentences) keeps this quick. Measured object recall pd/vd: 0.75/0.53 (demo's models,
+    # 2026-11-28 machine kind), 0.81/0.70 (CI's fixture, 2026-12-01); exact captions 0.655/0.175 in the latter.
+    # Object recall's gap moves with the fixture's training run; whole-caption accuracy separates them far more.
     rows = evaluation.evaluate(Captioner(decoder, memory, tau=0.03), embeddings, [s.object_set() for s in scenes])
-    recall = {r["strategy"]: r["object_recall"] for r in rows}
-    assert recall["pd"] > recall["vd"] + 0.15, rows  # the modality gap's harm, and projection's cure
+    by_strategy = {r["strategy"]: r for r in rows}
+    pd, vd = by_strategy["pd"], by_strategy["vd"]
+    assert pd["object_recall"] > vd["object_recall"] + 0.05, rows  # the modality gap's harm, and projection's cure
+    assert pd["exact"] > vd["exact"] + 0.25, rows
 
 
 def test_pd_from_each_images_own_caption_is_bounded_by_the_memory(toy_models):
