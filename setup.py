@@ -31,6 +31,7 @@ setup(
         "safetensors==0.8.0",
         "zstandard==0.25.0",
         "matplotlib==3.11.2",
+        "regex==2026.11.19",  # Unicode categories in text normalisation (open_clip needs it too)
     ],
     extras_require={"dask": [DASK], "test": ["pytest==9.2.0", "ruff==0.14.0", DASK]},
     entry_points={"console_scripts": ["decap=jobs.cli:main"]},

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import fsspec
 
 from decap_core.errors import DecapError
+from decap_core.filesystems import filesystem
 
 
 def begin(directory: str, marker: str, subdirectories: Sequence[str] = ()) -> None:
@@ -27,7 +28,7 @@ def begin(directory: str, marker: str, subdirectories: Sequence[str] = ()) -> No
             fs.makedirs(path, exist_ok=True)
         if fs.exists(f"{root}/{marker}"):
             fs.rm(f"{root}/{marker}")
-    except (PermissionError, NotADirectoryError, FileExistsError) as error:
+    except OSError as error:  # read-only, under a file, in a system folder
         raise DecapError(f"cannot write to {directory}: {type(error).__name__}: {error}") from None
 
 
@@ -81,5 +82,5 @@ def finish(directory: str, marker: str, file_format: str, metadata: dict[str, An
 
 
 def _fs(directory: str):
-    fs, root = fsspec.core.url_to_fs(directory.rstrip("/"))
+    fs, root = filesystem(directory.rstrip("/"))
     return fs, root.rstrip("/")

@@ -34,6 +34,7 @@ from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
 from decap_core.errors import DecapError
+from decap_core.filesystems import filesystem
 
 FORMATS = ("wds", "files", "embeddings", "clip-retrieval")
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
@@ -118,7 +119,7 @@ def expand_patterns(patterns: Sequence[str]) -> list[str]:
     for pattern in patterns:
         matched: list[str] = []
         for expanded in expand_urls(pattern):
-            fs, _ = fsspec.core.url_to_fs(expanded)
+            fs, _ = filesystem(expanded)
             for path in fs.glob(expanded) if fs.exists(expanded) or _has_magic(expanded) else []:
                 if fs.isdir(path):  # clip-retrieval's output folder, or a folder of files
                     inside = fs.glob(f"{path.rstrip('/')}/img_emb/img_emb_*.npy") or fs.glob(f"{path.rstrip('/')}/*")
@@ -126,7 +127,7 @@ def expand_patterns(patterns: Sequence[str]) -> list[str]:
                 elif fs.isfile(path):
                     matched.append(_url(fs, path, expanded))
         if not matched:
-            raise DecapError(f"no input files match {pattern}")
+            raise DecapError(f"no input files match {pattern!r}")
         found.update(matched)
     return sorted(found)
 

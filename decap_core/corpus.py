@@ -12,16 +12,19 @@ import json
 from typing import Iterator, NamedTuple, Sequence
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
 from decap_core.dead_letters import DeadLetter
 from decap_core.errors import DecapError
+from decap_core.filesystems import filesystem
 from decap_core.textnorm import LengthLimits, NormalisationOptions, normalise, sentence_id
-from decap_core.vocab import clip_token_ids
+from decap_core.vocab import clip_token_ids, fewest_clip_tokens
 
 FORMATS = ("txt", "jsonl", "parquet")
 COMPRESSIONS = {"gz": "gzip", "zst": "zstd"}
+MAX_LINE_BYTES = 1 << 20  # a longer line is refused unread: no sentence within CLIP's context comes near it
 
 
 class Sentence(NamedTuple):
@@ -44,10 +47,10 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
     """The sorted files that fsspec globs match; a glob matching nothing is a user error."""
     files: set[str] = set()
     for pattern in patterns:
-        fs, _ = fsspec.core.url_to_fs(pattern)
+        fs, _ = filesystem(pattern)
         matches = [p for p in fs.glob(pattern) if fs.isfile(p)]
         if not matches:
-            raise DecapError(f"no input files match {pattern}")
+            raise DecapError(f"no input files match {pattern!r}")
         files.update(fs.unstrip_protocol(p) if "://" in pattern else p for p in matches)
     return sorted(files)
 
@@ -77,8 +80,12 @@ def read_records(url: str, field: str = "text") -> Iterator[RawText | DeadLetter
             if kind == "parquet":  # Parquet seeks to its footer: a zstd stream cannot, so it is read whole
                 yield from _parquet_records(io.BytesIO(handle.read()) if compression == "zstd" else handle, url, field)
             else:
-                for number, line in enumerate(handle, start=1):
-                    yield _line_record(line, f"{url}:{number}", kind == "jsonl", field)
+                for number, line in enumerate(_bounded_lines(handle), start=1):
+                    source = f"{url}:{number}"
+                    if line is None:
+                        yield DeadLetter(source, "read", "line_too_long", f"over {MAX_LINE_BYTES} bytes")
+                    else:
+                        yield _line_record(line, source, kind == "jsonl", field)
     except (OSError, EOFError, ValueError) as error:  # damaged compression or Parquet footer
         yield DeadLetter(url, "read", "unreadable_file", f"{type(error).__name__}: {error}"[:200])
 
@@ -126,6 +133,17 @@ class _ZstdFrames(io.RawIOBase):
         return b"".join(out)
 
 
+def _bounded_lines(handle) -> Iterator[bytes | None]:
+    """The lines of a binary file, each at most ``MAX_LINE_BYTES``; None for a longer one, skipped unkept."""
+    while line := handle.readline(MAX_LINE_BYTES + 1):
+        if len(line) <= MAX_LINE_BYTES or line.endswith(b"\n"):
+            yield line
+            continue
+        while (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+            pass  # the rest of the long line, read in bounded pieces
+        yield None
+
+
 def _line_record(line: bytes, source: str, is_json: bool, field: str) -> RawText | DeadLetter:
     try:
         text = line.decode("utf-8").rstrip("\r\n")
@@ -137,11 +155,22 @@ def _line_record(line: bytes, source: str, is_json: bool, field: str) -> RawText
         row = json.loads(text)
     except json.JSONDecodeError as error:
         return DeadLetter(source, "read", "invalid_json", str(error)[:200])
+    except RecursionError:
+        return DeadLetter(source, "read", "invalid_json", "nested too deeply")
     if not isinstance(row, dict) or field not in row:
         return DeadLetter(source, "read", "missing_field", f"no field {field!r}")
     if not isinstance(row[field], str):
         return DeadLetter(source, "read", "not_a_string", f"field {field!r} is {type(row[field]).__name__}")
-    return RawText(row[field], source)
+    return _checked_text(row[field], source)
+
+
+def _checked_text(text: str, source: str) -> RawText | DeadLetter:
+    """JSON's ``\\ud800`` escapes give strings no UTF-8 can hold (lone surrogates): refused, not kept."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return DeadLetter(source, "read", "invalid_unicode", str(error)[:200])
+    return RawText(text, source)
 
 
 def _parquet_records(handle, url: str, column: str) -> Iterator[RawText | DeadLetter]:
@@ -151,12 +180,17 @@ def _parquet_records(handle, url: str, column: str) -> Iterator[RawText | DeadLe
         return
     row = 0
     for batch in parquet.iter_batches(columns=[column]):
-        for value in batch.column(0).to_pylist():
+        values = batch.column(0)
+        is_text = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+        if is_text:  # as bytes, decoded cell by cell: one invalid cell must not lose the others
+            values = values.cast(pa.large_binary())
+        for value in values.to_pylist():
             source = f"{url}:{row}"
-            if isinstance(value, str):
-                yield RawText(value, source)
+            if is_text and value is not None:
+                yield _line_record(value, source, is_json=False, field=column)
             else:
-                yield DeadLetter(source, "read", "not_a_string", f"column {column!r} holds {type(value).__name__}")
+                kind = "null" if value is None else type(value).__name__
+                yield DeadLetter(source, "read", "not_a_string", f"column {column!r} holds {kind}")
             row += 1
 
 
@@ -165,8 +199,16 @@ def prepare(raw: RawText, options: NormalisationOptions, limits: LengthLimits) -
     text = normalise(raw.text, options)
     if not text:
         return DeadLetter(raw.source, "normalise", "empty")
+    if fewest_clip_tokens(text) > limits.context_length:  # refused before BPE, which is slow on such text
+        return DeadLetter(raw.source, "filter", "exceeds_clip_context", f"{len(text)} characters: {text[:80]}")
     tokens = clip_token_ids(text)
     problem = limits.problem(len(tokens))
     if problem is not None:
         return DeadLetter(raw.source, "filter", problem, f"{len(tokens)} tokens: {text[:80]}")
     return Sentence(sentence_id(text), text, raw.source, tuple(tokens))
+
+
+def source_order(source: str) -> tuple[str, int]:
+    """Sort key of a source ``URL:N``: by file, then by line or row number (line 6 before line 41)."""
+    url, _, number = source.rpartition(":")
+    return (url, int(number)) if number.isdigit() else (source, -1)

@@ -32,7 +32,10 @@ def build_index(factory: str, dim: int, chunks: Callable[[], Iterable[np.ndarray
     """Build ``factory`` over the vectors that ``chunks()`` yields (called again for training)."""
     index = empty_index(factory, dim)
     if not index.is_trained:
-        index.train(_training_sample(chunks(), rows, _train_size(index, rows), seed))
+        try:
+            index.train(_training_sample(chunks(), rows, _train_size(index, rows), seed))
+        except RuntimeError as error:  # e.g. an IVF of more lists than there are rows
+            raise DecapError(f"faiss cannot train index {factory!r} on {rows} rows: {_reason(error)}") from None
     for chunk in chunks():
         index.add(np.ascontiguousarray(chunk, dtype=np.float32))
     _set_default_search_breadth(index)
@@ -44,8 +47,12 @@ def empty_index(factory: str, dim: int) -> faiss.Index:
     try:
         return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1].split(": ")[-1]
-        raise DecapError(f"faiss cannot build index {factory!r}: {reason}") from None
+        raise DecapError(f"faiss cannot build index {factory!r}: {_reason(error)}") from None
+
+
+def _reason(error: RuntimeError) -> str:
+    """The last line of a faiss C++ exception, without its source location."""
+    return str(error).strip().splitlines()[-1].split(": ")[-1]
 
 
 def recall_at_k(index: faiss.Index, chunks: Callable[[], Iterable[np.ndarray]], rows: int,

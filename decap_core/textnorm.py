@@ -11,7 +11,11 @@ import hashlib
 import unicodedata
 from dataclasses import asdict, dataclass
 
-NORMALISATION_VERSION = "nfc-ws-1"
+import regex
+
+from decap_core.errors import DecapError
+
+NORMALISATION_VERSION = "nfc-ws-2"  # 2: invisible format characters removed, control characters as spaces
 
 
 @dataclass(frozen=True)
@@ -24,13 +28,18 @@ class NormalisationOptions:
         return {"version": NORMALISATION_VERSION, **asdict(self)}
 
 
-def normalise(text: str, options: NormalisationOptions = NormalisationOptions()) -> str:
-    """Unicode NFC, runs of whitespace collapsed to one space, ends stripped; optionally lower-cased.
+_INVISIBLE = regex.compile(r"\p{Cf}+")  # byte-order marks, zero-width spaces and joiners, soft hyphens
+_CONTROL = regex.compile(r"\p{Cc}")  # NUL, other C0/C1 controls (tabs and newlines are whitespace anyway)
 
-    ``str.split()`` splits on the same Unicode whitespace as ``\\s``; ASCII text is already NFC.
+
+def normalise(text: str, options: NormalisationOptions = NormalisationOptions()) -> str:
+    """Unicode NFC, invisible format characters removed, control characters and runs of whitespace
+    collapsed to one space, ends stripped; optionally lower-cased.
+
+    ``str.split()`` splits on the same Unicode whitespace as ``\\s``; printable ASCII is already clean.
     """
-    if not text.isascii():
-        text = unicodedata.normalize("NFC", text)
+    if not (text.isascii() and text.isprintable()):
+        text = _CONTROL.sub(" ", _INVISIBLE.sub("", unicodedata.normalize("NFC", text)))
     text = " ".join(text.split())
     return text.lower() if options.lowercase else text
 
@@ -52,6 +61,11 @@ class LengthLimits:
     context_length: int
     min_tokens: int = 3
     max_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_tokens < 0 or (self.max_tokens is not None and self.max_tokens < self.min_tokens):
+            raise DecapError(f"--min-tokens {self.min_tokens} and --max-tokens {self.max_tokens}: need "
+                             "0 <= min <= max")
 
     def problem(self, token_count: int) -> str | None:
         """Why a sentence of ``token_count`` tokens is refused, or None when it is kept."""

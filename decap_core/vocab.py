@@ -15,10 +15,15 @@ from typing import Iterable, Sequence
 import numpy as np
 from open_clip.tokenizer import SimpleTokenizer
 
+from decap_core.errors import DecapError
+
 _BPE = SimpleTokenizer()
 START_ID: int = _BPE.sot_token_id
 END_ID: int = _BPE.eot_token_id
 PAD, UNK = 0, 1
+MAX_UNKNOWN_SHARE = 0.2  # the most of the training text's words a vocabulary to train on may leave out
+MIN_WORDS = 3  # the fewest words it may keep
+LONGEST_TOKEN: int = max(len(symbols.removesuffix("</w>")) for symbols in _BPE.encoder)  # byte symbols, >= characters
 
 
 def clip_token_ids(text: str) -> list[int]:
@@ -28,6 +33,14 @@ def clip_token_ids(text: str) -> list[int]:
     up instead of run through BPE again (a third of build-memory's time went to tokenising).
     """
     return [START_ID, *_bpe_ids(text), END_ID]
+
+
+def fewest_clip_tokens(text: str) -> int:
+    """A lower bound on ``len(clip_token_ids(text))``, without BPE (which is quadratic in a word's length).
+
+    No BPE token covers more than ``LONGEST_TOKEN`` characters, and no token spans a space.
+    """
+    return 2 + sum(-(-len(word) // LONGEST_TOKEN) for word in text.split())
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -58,6 +71,26 @@ class CompactVocab:
         return cls(clip_ids=(-1, -1, START_ID, END_ID, *kept))
 
     @classmethod
+    def for_training(cls, counts: dict[int, int] | Counter, min_count: int) -> "CompactVocab":
+        """``from_counts``, refused when it cannot represent the training text ``counts`` were taken from.
+
+        A ``DecapError`` when more than ``MAX_UNKNOWN_SHARE`` of the text's word tokens (start and
+        end aside) fall outside it, or when it keeps fewer than ``MIN_WORDS`` words.
+        """
+        vocab = cls.from_counts(counts, min_count)
+        words = {int(t): n for t, n in counts.items() if int(t) not in (START_ID, END_ID)}
+        total = sum(words.values())
+        unknown = sum(n for t, n in words.items() if t not in vocab._index)
+        kept = len(vocab) - vocab.end_id - 1  # after pad, unk, start and end
+        share = unknown / total if total else 1.0
+        if share > MAX_UNKNOWN_SHARE or kept < MIN_WORDS:
+            raise DecapError(f"--min-count {min_count} keeps {kept} of {len(words)} words: {share:.1%} of the "
+                             f"{total:,} word tokens of the training text would be unknown (at most "
+                             f"{MAX_UNKNOWN_SHARE:.0%} may be, and at least {MIN_WORDS} words must be kept); "
+                             "lower --min-count or train on more text")
+        return vocab
+
+    @classmethod
     def from_texts(cls, texts: Iterable[str]) -> "CompactVocab":
         counts: Counter = Counter()
         for text in texts:
@@ -79,16 +112,20 @@ class CompactVocab:
         index = self._index
         return [index.get(int(t), UNK) for t in clip_ids]
 
-    def decode_text(self, compact_ids: Iterable[int]) -> str:
-        """Text of compact ids (start, end, pad and unk dropped; stops at the end token)."""
-        clip_ids = []
+    def words(self, compact_ids: Iterable[int]) -> list[int]:
+        """The word ids of a row of compact ids: up to its end token, start and pad dropped, unk kept."""
+        words = []
         for token in compact_ids:
             token = int(token)
             if token == self.end_id:
                 break
-            if token > self.end_id:
-                clip_ids.append(self.clip_ids[token])
-        return clip_ids_to_text(clip_ids)
+            if token not in (PAD, self.start_id):
+                words.append(token)
+        return words
+
+    def decode_text(self, compact_ids: Iterable[int]) -> str:
+        """Text of compact ids (start, end, pad and unk dropped; stops at the end token)."""
+        return clip_ids_to_text(self.clip_ids[token] for token in self.words(compact_ids) if token != UNK)
 
     @property
     def _index(self) -> dict[int, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 from typing import Any, Iterable, Iterator
 
@@ -108,7 +109,11 @@ def add_index(manifest: MemoryManifest, output: str, request: str) -> MemoryMani
     def chunks():
         return (embeddings for _, embeddings in memory_files.iter_chunks(output, manifest))
 
-    built = index.build_index(factory, manifest.plan.dim, chunks, manifest.rows)
+    try:
+        built = index.build_index(factory, manifest.plan.dim, chunks, manifest.rows)
+    except DecapError as error:  # the memory itself is complete: keep it, and say so after the run
+        logging.getLogger(__name__).warning("%s", error)
+        return manifest
     recall = index.recall_at_k(built, chunks, manifest.rows, k=10)
     index.save_index(built, f"{output}/{INDEX_FILE}")
     info = IndexInfo(file=INDEX_FILE, factory=factory, metric="inner_product", recall_at_10=round(recall, 4),
@@ -169,7 +174,16 @@ def build(argv: list[str] | None = None) -> MemoryManifest:
             | "BuildIndex" >> beam.Map(add_index, output, args.index)
             | "WriteManifest" >> beam.Map(lambda manifest: memory_files.write_manifest(output, manifest))
         )
-    return memory_files.read_manifest(output)
+    manifest = memory_files.read_manifest(output)
+    if manifest.rows == 0:
+        memory_files.begin(output)  # unmarked: an empty memory would only fail later, at captioning
+        raise DecapError(f"no sentences kept from {len(plan.inputs)} input file(s): {manifest.counts.dead} dead "
+                         f"letters {manifest.counts.dead_by_reason} in {output}/errors")
+    if manifest.index is None and resolve_index(args.index, manifest.rows) is not None:
+        raise DecapError(f"the memory in {output} is complete ({manifest.rows} rows) but has no index: faiss could "
+                         f"not train {args.index!r} on so few rows (an IVF needs at least as many rows as lists); "
+                         "rebuild with --index flat or auto, or let caption build one on load")
+    return manifest
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:

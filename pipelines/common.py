@@ -89,7 +89,7 @@ class DedupeAndBatch(beam.DoFn):
     """One group's sentences -> its distinct ids as fixed batches ``((group, n), [fields])``.
 
     Copies share an id, so they share a group: deduping within a group is global. The kept copy
-    is the one with the smallest source, so reruns choose the same. Rows (``Sentence`` fields, as
+    is the first by file and line (``corpus.source_order``), so reruns choose the same. Rows (``Sentence`` fields, as
     plain tuples) are batched in (token count, id) order: the same batches every run make the
     encoded numbers identical from run to run.
     """
@@ -106,7 +106,7 @@ class DedupeAndBatch(beam.DoFn):
             for fields in sentences:
                 sentence = corpus.Sentence._make(fields)
                 kept = first.get(sentence.id)
-                if kept is None or sentence.source < kept.source:
+                if kept is None or corpus.source_order(sentence.source) < corpus.source_order(kept.source):
                     first[sentence.id] = sentence
         count("duplicates", seen - len(first))
         yield STATS, {"shard": group, "sentences": seen, "distinct": len(first)}

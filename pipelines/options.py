@@ -13,6 +13,7 @@ import importlib
 from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import create_runner
 
 from decap_core.errors import DecapError
 
@@ -47,6 +48,10 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[
         except ImportError as error:
             extra = " (pip install -e '.[dask]')" if "dask" in module else ""
             raise DecapError(f"runner {runner} cannot be loaded{extra}: {error}") from None
+    try:
+        create_runner(runner)  # Beam's own check of the name; the pipeline makes its own instance
+    except (ValueError, ImportError) as error:
+        raise DecapError(f"--runner={runner}: {str(error).splitlines()[0]}") from None
     if runner.endswith("DaskRunner") and not any(t.startswith(("--dask_npartitions", "--dask_partition_size"))
                                                  for t in rest):
         rest = [*rest, "--dask_partition_size=1"]
