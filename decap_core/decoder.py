@@ -17,10 +17,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from decap_core.errors import DecapError
+
 CONFIG_DIR = pathlib.Path(__file__).parent / "model_configs"
 # Matrix products give every row the same bits whatever the number of rows from 12 rows up (MKL,
 # measured); dropping finished rows never leaves fewer, so it cannot change any token.
 MIN_ROWS = 16
+
+
+class UnknownDecoderConfig(DecapError, ValueError):
+    """A decoder config name with no ``model_configs/decoder-<name>.json``."""
 
 
 @dataclass
@@ -41,7 +47,7 @@ class DecoderConfig:
         path = CONFIG_DIR / f"decoder-{name}.json"
         if not path.exists():
             known = sorted(p.stem.removeprefix("decoder-") for p in CONFIG_DIR.glob("decoder-*.json"))
-            raise ValueError(f"unknown decoder config {name!r}; known: {', '.join(known)}")
+            raise UnknownDecoderConfig(f"unknown decoder config {name!r}; known: {', '.join(known)}")
         return cls(**{**json.loads(path.read_text()), **overrides})
 
     def to_dict(self) -> dict:

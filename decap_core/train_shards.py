@@ -37,6 +37,7 @@ FORMAT = "decap-train-shards/1"
 SPLITS = ("train", "valid")
 MEMBERS = ("txt", "tokens.npy", "emb.npy")
 EMB_DTYPES = {"float16": np.float16, "float32": np.float32}
+NORM_TOLERANCE = 0.01  # how far from 1 a read embedding's norm may be (float16 rounding moves it by about 1e-3)
 log = logging.getLogger(__name__)
 
 
@@ -48,6 +49,18 @@ class Sample:
     text: str
     tokens: np.ndarray
     embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What a reader left out, and why: one sample (``key``), or with ``key`` None a whole shard."""
+
+    url: str
+    key: str | None
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def shard_name(split: str, index: int) -> str:
@@ -179,8 +192,9 @@ def read_vocab(directory: str) -> ShardsManifest:
 
 
 def compact_vocab(manifest: ShardsManifest, min_count: int = 1) -> CompactVocab:
-    """The compact vocabulary of the tokens the training shards use at least ``min_count`` times."""
-    return CompactVocab.from_counts(manifest.token_counts, min_count)
+    """The compact vocabulary of the tokens the training shards use at least ``min_count`` times
+    (``CompactVocab.for_training``: refused when it cannot represent their text)."""
+    return CompactVocab.for_training(manifest.token_counts, min_count)
 
 
 def expand(pattern: str | Sequence[str]) -> list[str]:
@@ -225,9 +239,10 @@ class ShardSet:
         return cls(tuple(urls), {url: expected[url] for url in urls}, metadata)
 
 
-def read_shard(url: str, dim: int, expected: int | None = None) -> Iterator[Sample]:
+def read_shard(url: str, dim: int, expected: int | None = None) -> Iterator[Sample | Refusal]:
     """The samples of one shard, checked; a missing or damaged shard raises ``DecapError`` naming it.
 
+    A sample whose embedding cannot train (``embedding_problem``) comes as a ``Refusal`` instead.
     Samples before the damage have been yielded by then; ``expected`` (from ``vocab.json``) catches
     shards that end early without a tar error (zeroed or cut at a block boundary).
     """
@@ -235,7 +250,9 @@ def read_shard(url: str, dim: int, expected: int | None = None) -> Iterator[Samp
     try:
         with fsspec.open(url, "rb") as handle:
             for raw in group_by_keys(tar_file_expander([{"url": url, "stream": handle}])):
-                yield decode_sample(raw, dim)
+                sample = decode_sample(raw)
+                problem = embedding_problem(sample.embedding, dim)
+                yield sample if problem is None else Refusal(url, sample.key, problem)
                 seen += 1
     except FileNotFoundError:
         raise DecapError(f"shard missing: {url}") from None
@@ -247,7 +264,7 @@ def read_shard(url: str, dim: int, expected: int | None = None) -> Iterator[Samp
         raise DecapError(f"shard damaged: {url} holds {seen} samples, {VOCAB_FILE} says {expected}")
 
 
-def decode_sample(raw: dict[str, Any], dim: int) -> Sample:
+def decode_sample(raw: dict[str, Any]) -> Sample:
     """A ``Sample`` from webdataset's raw member bytes; ValueError when a member is missing or wrong."""
     missing = [m for m in MEMBERS if m not in raw]
     if missing:
@@ -256,18 +273,35 @@ def decode_sample(raw: dict[str, Any], dim: int) -> Sample:
     embedding = np.load(io.BytesIO(raw["emb.npy"]), allow_pickle=False)
     if tokens.ndim != 1 or len(tokens) < 2 or tokens[0] != START_ID or tokens[-1] != END_ID:
         raise ValueError(f"sample {raw['__key__']!r} has tokens without start and end")
-    if embedding.shape != (dim,):
-        raise ValueError(f"sample {raw['__key__']!r} has an embedding of shape {embedding.shape}, not ({dim},)")
     return Sample(raw["__key__"], raw["txt"].decode("utf-8"), tokens.astype(np.int64), embedding.astype(np.float32))
 
 
-def iter_shards(urls: Iterable[str], shard_set: ShardSet, skip_bad: bool) -> Iterator[tuple[str, Sample]]:
-    """``(url, sample)`` over shards in order; a bad shard is skipped with a warning or raised."""
+def embedding_problem(embedding: np.ndarray, dim: int) -> str | None:
+    """Why an embedding cannot train the decoder (wrong shape, not finite, not unit norm), or None."""
+    if embedding.shape != (dim,):
+        return f"embedding of shape {embedding.shape}, not ({dim},)"
+    if not np.isfinite(embedding).all():
+        return "embedding with NaN or infinite values"
+    norm = float(np.linalg.norm(embedding))
+    if abs(norm - 1) > NORM_TOLERANCE:
+        return f"embedding of norm {norm:.4g}, not 1"
+    return None
+
+
+def iter_shards(urls: Iterable[str], shard_set: ShardSet, skip_bad: bool) -> Iterator[tuple[str, Sample | Refusal]]:
+    """``(url, sample)`` over shards in order, with a warning for each ``Refusal`` among them.
+
+    A refused sample is yielded as its ``Refusal``; a bad shard raises, or with ``skip_bad`` is
+    yielded as a ``Refusal`` of the whole shard (key None) and the next shard is read.
+    """
     for url in urls:
         try:
-            for sample in read_shard(url, shard_set.metadata.plan.dim, shard_set.expected[url]):
-                yield url, sample
+            for item in read_shard(url, shard_set.metadata.plan.dim, shard_set.expected[url]):
+                if isinstance(item, Refusal):
+                    log.warning("refusing sample %s of %s: %s", item.key, url, item.reason)
+                yield url, item
         except DecapError as error:
             if not skip_bad:
                 raise
             log.warning("skipping %s", error)
+            yield url, Refusal(url, None, str(error))

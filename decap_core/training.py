@@ -5,11 +5,16 @@ and samples batches from memory; ``train_from_shards`` streams train shards (``d
 through fsspec with several loader workers and a shuffle buffer, validates on held-out shards,
 checkpoints every N steps and resumes, on the CPU, one GPU (bf16 autocast) or several under
 ``torchrun`` (DDP: NCCL on GPUs, gloo on CPUs; each rank reads its own shards).
+
+A resumed run gives the weights and summary of a run never stopped (same flags, same machine): it
+reads again, without training on them, the batches before its checkpoint, so its data order goes on
+where the checkpoint left it. A loss that is not finite stops training before the weights take the step.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import posixpath
 import time
@@ -18,13 +23,12 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import fsspec
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from decap_core import train_shards, trainer_checkpoints
+from decap_core import artifacts, train_shards, trainer_checkpoints
 from decap_core.clip import ClipModel
 from decap_core.decoder import Decoder, DecoderConfig
 from decap_core.decoder_files import DecoderBundle, save_decoder
@@ -32,7 +36,7 @@ from decap_core.devices import default_device
 from decap_core.errors import DecapError
 from decap_core.optim import ClippedAdamW
 from decap_core.settings import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, described, require
-from decap_core.train_data import Batch, EncodedCorpus, ShardStream, collate, read_samples, shards_of_rank
+from decap_core.train_data import Batch, EncodedCorpus, ReadRecord, ShardStream, collate, read_samples, shards_of_rank
 from decap_core.vocab import PAD, UNK, CompactVocab, clip_token_ids
 
 SUMMARY = "train-summary.json"
@@ -132,7 +136,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=device)
         hits = torch.zeros(2, dtype=torch.long, device=device)
         for micro in range(s.accumulate):
-            prefix, tokens, _ = next(batches)
+            prefix, tokens, *_ = next(batches)
             prefix, tokens = prefix.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
             if s.prefix_noise > 0:  # CapDec: train on noisy prefixes to bridge the modality gap
                 prefix = F.normalize(prefix + s.prefix_noise * torch.randn_like(prefix), dim=-1)
@@ -142,10 +146,14 @@ class Trainer:
                 (loss / s.accumulate).backward()
             loss_sum += loss.detach()
             hits += batch_hits
+        loss = loss_sum.item() / s.accumulate
+        if not math.isfinite(loss):
+            raise DecapError(f"the training loss is not finite ({loss}) at step {self.step + 1}: stopped before "
+                             "the weights took that step (check the train shards, or lower --lr)")
         self.optimiser.step()
         self.step += 1
         correct, counted = hits.tolist()
-        return loss_sum.item() / s.accumulate, correct / max(1, counted)
+        return loss, correct / max(1, counted)
 
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "optimizer": self.optimiser.optimizer.state_dict(),
@@ -175,7 +183,11 @@ class Trainer:
 @torch.no_grad()
 def validate(model: Decoder, corpus: EncodedCorpus, vocab: CompactVocab, device: torch.device,
              exact_sample: int = 200, batch_size: int = 256) -> dict[str, float]:
-    """Held-out cross-entropy (no smoothing), token accuracy, and exact greedy reconstruction."""
+    """Held-out cross-entropy (no smoothing), token accuracy, and exact greedy reconstruction.
+
+    Exact means the greedy decode has the reference's word ids, one for one: a reference with a
+    token outside the vocabulary (unk, which decoding never writes) is never rebuilt exactly.
+    """
     model.eval()
     nll = torch.zeros((), device=device)
     hits = torch.zeros(2, dtype=torch.long, device=device)
@@ -190,7 +202,7 @@ def validate(model: Decoder, corpus: EncodedCorpus, vocab: CompactVocab, device:
         rows = corpus.token_rows[start : min(sample, start + batch_size)]
         decoded = model.generate(corpus.embeddings[start : start + len(rows)].to(device), end_id=vocab.end_id,
                                  pad_id=PAD, banned_ids=(UNK, vocab.start_id))
-        exact += sum(vocab.decode_text(d.tolist()) == vocab.decode_text(r) for d, r in zip(decoded.cpu(), rows))
+        exact += sum(vocab.words(d.tolist()) == vocab.words(r) for d, r in zip(decoded.cpu(), rows))
     return {"loss": nll.item() / max(1, counted), "token_accuracy": correct / max(1, counted),
             "exact": exact / max(1, sample), "exact_sample": sample}
 
@@ -202,7 +214,7 @@ def train_on_texts(
     settings = settings or TrainSettings()
     if not texts:
         raise DecapError("no sentences to train the decoder on")
-    vocab = CompactVocab.from_counts(Counter(t for text in texts for t in clip_token_ids(text)), settings.min_count)
+    vocab = CompactVocab.for_training(Counter(t for text in texts for t in clip_token_ids(text)), settings.min_count)
     corpus = EncodedCorpus.from_texts(clip, texts, vocab)
     config = DecoderConfig.named(config_name, vocab_size=len(vocab), prefix_dim=clip.embed_dim)
     torch.manual_seed(settings.seed)
@@ -252,26 +264,27 @@ def train_from_shards(shards: ShardSettings, out: str, config_name: str = "toy",
     config = DecoderConfig.named(config_name, vocab_size=len(vocab), prefix_dim=train.metadata.plan.dim)
     torch.manual_seed(settings.seed)
     trainer = Trainer(Decoder(config), settings, runtime)
-    _resume(trainer, shards.resume, out, vocab, clip_fingerprint)
-    held_out = [s for s in read_samples(valid, shards.skip_bad_shards) if len(s.tokens) <= config.max_tokens + 1]
-    valid_corpus = EncodedCorpus.from_samples(held_out, vocab)
+    history = _resume(trainer, shards.resume, out, vocab, clip_fingerprint)
+    samples, held_out_refused = read_samples(valid, shards.skip_bad_shards)
+    valid_corpus = EncodedCorpus.from_samples([s for s in samples if len(s.tokens) <= config.max_tokens + 1], vocab)
 
     stream = ShardStream(train, shards_of_rank(train.urls, runtime.rank, runtime.world_size), vocab,
                          config.max_tokens + 1, shards.shuffle_buffer,
-                         seed=_hash_seed(settings.seed, runtime.rank, trainer.step), skip_bad=shards.skip_bad_shards)
+                         seed=_hash_seed(settings.seed, runtime.rank), skip_bad=shards.skip_bad_shards)
     workers = min(shards.workers, len(stream.urls))
     loader = torch.utils.data.DataLoader(stream, batch_size=settings.batch_size, collate_fn=collate,
                                          num_workers=workers, pin_memory=runtime.device.type == "cuda",
-                                         persistent_workers=workers > 0)
-    seen: set[int] = set()
-    history: list[dict[str, Any]] = []
+                                         persistent_workers=workers > 0,
+                                         generator=torch.Generator().manual_seed(settings.seed))  # not torch's RNG
+    record = ReadRecord()
     info = {"config_name": config_name, "train_shards": shards.train, "validation_shards": [*valid.urls],
             "settings": asdict(settings), "world_size": runtime.world_size}
 
     def checkpoint(step: int, final: bool = False) -> None:
         if step == settings.steps and not final:
             return  # the final call below validates and saves the last step
-        if runtime.is_main and (final or step % shards.validate_every == 0):
+        validated = bool(history) and history[-1]["step"] == step  # resumed from the final checkpoint
+        if runtime.is_main and (final or step % shards.validate_every == 0) and not validated:
             history.append({"step": step, **validate(trainer.model, valid_corpus, vocab, runtime.device,
                                                      shards.validation_sentences)})
             scores = ", ".join(f"{k} {v:.4g}" for k, v in history[-1].items() if k != "step")
@@ -279,20 +292,24 @@ def train_from_shards(shards: ShardSettings, out: str, config_name: str = "toy",
         if runtime.is_main and (final or step % shards.checkpoint_every == 0):
             bundle = DecoderBundle(trainer.model, vocab, clip_fingerprint, {**info, "steps": step,
                                    "validation": history[-1] if history else None})
-            trainer_checkpoints.save_checkpoint(out, bundle, trainer.state(), keep=shards.keep_checkpoints)
+            trainer_checkpoints.save_checkpoint(out, bundle, {**trainer.state(), "history": history},
+                                                keep=shards.keep_checkpoints)
             if final:
                 save_decoder(bundle, out)
         if runtime.world_size > 1:
             dist.barrier()
 
     started = time.time()
-    trainer.fit(_tracked(loader, seen), after_step=checkpoint)
+    batches = _tracked(loader, record)
+    for _ in range(trainer.step * settings.accumulate):  # resumed: the batches the checkpoint was trained on
+        next(batches)
+    trainer.fit(batches, after_step=checkpoint)
     checkpoint(trainer.step, final=True)
     summary = {**info, "steps": trainer.step, "seconds": time.time() - started, "validation": history,
-               "shards_seen_by_rank": _gather_seen(runtime, [train.urls[i] for i in sorted(seen)])}
+               **_read_summary(runtime, record, held_out_refused, train.urls)}
     if runtime.is_main:
-        with fsspec.open(f"{out.rstrip('/')}/{SUMMARY}", "w") as handle:
-            json.dump(summary, handle, indent=1)
+        artifacts.write_atomically(f"{out.rstrip('/')}/{SUMMARY}", lambda handle: json.dump(summary, handle, indent=1),
+                                   mode="w")
     if runtime.world_size > 1:
         dist.destroy_process_group()
     return summary
@@ -311,25 +328,29 @@ def _open_shards(shards: ShardSettings) -> tuple[train_shards.ShardSet, train_sh
     return train, valid
 
 
-def _tracked(batches: Iterable[Batch], seen: set[int]) -> Iterator[Batch]:
-    """Batches, recording the shards they came from; a loader worker's error becomes one line."""
+def _tracked(batches: Iterable[Batch], record: ReadRecord) -> Iterator[Batch]:
+    """Batches, recording the shards they came from and the refusals they carry; a loader worker's
+    error becomes one line."""
     try:
         for batch in batches:
-            seen.update(batch[2].tolist())
+            record.add(batch.refusals, batch.shards.tolist())
             yield batch
     except DecapError as error:  # re-raised from a worker with its traceback in the message
         raise DecapError(str(error).strip().splitlines()[-1].split("DecapError: ", 1)[-1]) from None
 
 
-def _resume(trainer: Trainer, resume: bool, out: str, vocab: CompactVocab, clip_fingerprint: str) -> None:
-    """Continue from the newest checkpoint under ``out`` when ``resume``; refuse to overwrite one without."""
+def _resume(trainer: Trainer, resume: bool, out: str, vocab: CompactVocab, clip_fingerprint: str) -> list[dict]:
+    """Continue from the newest checkpoint under ``out`` when ``resume``; refuse to overwrite one without.
+
+    Returns the validation history up to the checkpoint (empty for a fresh start).
+    """
     if not resume:
         if trainer_checkpoints.has_checkpoints(out):
             raise DecapError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
-        return
+        return []
     latest = trainer_checkpoints.load_latest(out)
     if latest is None:
-        return
+        return []
     bundle, state = latest
     if bundle.clip_fingerprint != clip_fingerprint or bundle.vocab != vocab:
         raise DecapError(f"the checkpoint in {out} was trained with CLIP {bundle.clip_fingerprint} and "
@@ -339,16 +360,26 @@ def _resume(trainer: Trainer, resume: bool, out: str, vocab: CompactVocab, clip_
     trainer.load_state(state)
     if trainer.runtime.is_main:
         tqdm.write(f"resuming from step {trainer.step}")
+    return list(state.get("history", []))  # checkpoints written before the history was kept have none
 
 
 def _hash_seed(*parts: int) -> int:
-    """A data-order seed per (seed, rank, start step): a resumed run draws a fresh, reproducible order."""
+    """A data-order seed per (seed, rank): each rank draws its own reproducible order."""
     return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:15], 16)
 
 
-def _gather_seen(runtime: Runtime, urls: list[str]) -> dict[str, list[str]]:
+def _read_summary(runtime: Runtime, record: ReadRecord, held_out_refused: list[train_shards.Refusal],
+                  urls: Sequence[str]) -> dict[str, Any]:
+    """Each rank's shards read and skipped; what every rank and the validation read refused, counted."""
     if runtime.world_size == 1:
-        return {"0": urls}
-    gathered: list[Any] = [None] * runtime.world_size
-    dist.all_gather_object(gathered, urls)
-    return {str(rank): seen for rank, seen in enumerate(gathered)}
+        records = [record]
+    else:
+        records = [None] * runtime.world_size
+        dist.all_gather_object(records, record)
+    everything = ReadRecord()
+    for each in records:
+        everything.add(list(each.refusals.values()))
+    everything.add(held_out_refused)
+    return {"shards_seen_by_rank": {str(rank): each.read(urls) for rank, each in enumerate(records)},
+            "shards_skipped_by_rank": {str(rank): each.skipped() for rank, each in enumerate(records)},
+            **everything.summary()}

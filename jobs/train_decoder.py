@@ -15,6 +15,7 @@ import sys
 import torch
 
 from decap_core.clip import load_clip
+from decap_core.decoder import DecoderConfig
 from decap_core.errors import DecapError
 from decap_core.toy import world as toyworld
 from decap_core.training import ShardSettings, TrainSettings, train_from_shards, train_on_texts
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = settings_from(TrainSettings, args)  # both paths train with these
+    DecoderConfig.named(args.config)  # an unknown config stops here, before any shard is read or sentence encoded
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.train:
