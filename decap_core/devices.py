@@ -6,10 +6,24 @@ from typing import Iterator
 
 import torch
 
+from decap_core.errors import DecapError
+
 
 def default_device(requested: str | None = None) -> torch.device:
-    """``requested`` if given, else CUDA when there is a GPU, else the CPU."""
-    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """``requested`` if given and usable here, else CUDA when there is a GPU, else the CPU."""
+    if requested is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise DecapError(f"--device {requested}: not a torch device (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DecapError(f"--device {requested}: no CUDA GPU here (or this torch is built without CUDA)")
+    if device.type not in ("cpu", "cuda"):
+        raise DecapError(f"--device {requested}: decap runs on cpu or cuda")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DecapError(f"--device {requested}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
 @contextlib.contextmanager

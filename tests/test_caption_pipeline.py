@@ -177,6 +177,8 @@ def test_image_files_with_colliding_keys_are_refused_not_doubled(models, tmp_pat
     (["--max-tokens", "500"], "exceeds the decoder's"),
     (["--num-shard", "2"], "unknown option --num-shard"),
     (["--threads", "0"], "--threads must be at least 1"),
+    (["--device", "tpu"], "--device tpu: not a torch device"),
+    (["--device", "cuda:999"], "--device cuda:999: "),  # no GPU here, or fewer than a thousand
 ])
 def test_bad_options_are_one_line_before_any_work(models, archive, tmp_path, capsys, flags, message):
     root, _, _ = archive

@@ -12,7 +12,7 @@ import torch
 
 from decap_core import index, memory_files, train_shards
 from decap_core.errors import DecapError
-from decap_core.textnorm import sentence_id
+from decap_core.textnorm import NORMALISATION_VERSION, sentence_id
 from decap_core.vocab import clip_token_ids
 from pipelines import build_memory, make_train_shards
 
@@ -89,6 +89,7 @@ def test_the_current_code_writes_what_the_old_code_wrote(tmp_path):
     for name, paths in (("memory/manifest.json", ("inputs", "dead_letters")),
                         ("shards/vocab.json", ("source", "train_pattern", "validation_pattern"))):
         new, old = json.loads((tmp_path / name).read_text()), json.loads((OLD / name).read_text())
+        old["normalisation"]["version"] = NORMALISATION_VERSION  # nfc-ws-2 changed no line of the fixture's corpus
         assert {k: v for k, v in new.items() if k not in paths} == {k: v for k, v in old.items() if k not in paths}
         assert sorted(new) == sorted(old)
     for shard in memory_files.read_manifest(str(OLD / "memory")).shards:
