@@ -78,7 +78,7 @@ def test_every_good_sentence_is_kept_once_and_bad_inputs_are_dead_lettered(corpu
     assert counts["read"] == counts["kept"] + counts["duplicates"] + counts["dead"]
 
 
-def test_duplicates_keep_the_smallest_source(corpus, built):
+def test_duplicates_keep_the_first_source(corpus, built):
     root, good, _, _ = corpus
     output, _ = built
     table = pq.read_table(output / "memory-00000-of-00003.parquet").to_pylist()
