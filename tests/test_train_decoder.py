@@ -201,6 +201,11 @@ def test_min_count_prunes_the_in_process_vocabulary(random_clip, baseline, tmp_p
     (["--accumulate", "0"], "accumulate must be an integer >= 1"),
     (["--label-smoothing", "1"], "label_smoothing must be a number from 0 up to, not including, 1"),
     (["--train", "absent/train-000000.tar", "--validate-every", "0"], "validate_every must be an integer >= 1"),
+    (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
+    (["--train", "absent/train-000000.tar", "--checkpoint-every", "0"], "checkpoint_every must be an integer >= 1"),
+    (["--train", "absent/train-000000.tar", "--shuffle-buffer", "0"], "shuffle_buffer must be an integer >= 1"),
+    (["--train", "absent/train-000000.tar", "--workers", "-1"], "workers must be an integer >= 0, got -1"),
+    (["--train", "absent/train-000000.tar", "--keep-checkpoints", "-1"], "keep_checkpoints must be an integer >= 1"),
     (["--resume"], "--resume applies only to training from shards"),
     (["--workers", "1", "--validation", "v.tar"], "--validation, --workers apply only to training from shards"),
 ])
