@@ -7,6 +7,7 @@ Beam ships this package to workers with ``--setup_file ./setup.py``.
 from setuptools import find_packages, setup
 
 DASK = "dask[distributed]==2026.8.0"  # for --runner=DaskRunner (Beam's runner on a dask.distributed cluster)
+AIRFLOW = "apache-airflow==3.3.2"  # the scheduled DAGs in jobs/dags/
 
 setup(
     name="decap",
@@ -33,6 +34,6 @@ setup(
         "matplotlib==3.11.2",
         "regex==2026.11.19",  # Unicode categories in text normalisation (open_clip needs it too)
     ],
-    extras_require={"dask": [DASK], "test": ["pytest==9.2.0", "ruff==0.14.0", DASK]},
+    extras_require={"dask": [DASK], "airflow": [AIRFLOW], "test": ["pytest==9.2.0", "ruff==0.14.0", DASK, AIRFLOW]},
     entry_points={"console_scripts": ["decap=jobs.cli:main"]},
 )
