@@ -32,6 +32,7 @@ setup(
         "safetensors==0.8.0",
         "zstandard==0.25.0",
         "matplotlib==3.11.2",
+        "pycocoevalcap==1.2",  # BLEU, METEOR, ROUGE-L, CIDEr-D as papers report them (its tokenizer, METEOR: Java)
         "regex==2026.11.19",  # Unicode categories in text normalisation (open_clip needs it too)
     ],
     extras_require={"dask": [DASK], "airflow": [AIRFLOW], "test": ["pytest==9.2.0", "ruff==0.14.0", DASK, AIRFLOW]},

@@ -14,6 +14,7 @@ COMMANDS = {
     "caption": ("pipelines.caption", "caption image archives or image embeddings in bulk (Beam pipeline)"),
     "build-memory": ("pipelines.build_memory", "build a support memory from text corpora (Beam pipeline)"),
     "make-shards": ("pipelines.make_train_shards", "write the decoder's WebDataset train shards (Beam pipeline)"),
+    "evaluate": ("jobs.evaluate", "score a captions output against references: COCO metrics, CLIPScore, toy truth"),
 }
 
 

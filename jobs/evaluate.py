@@ -1,0 +1,157 @@
+"""Score a captions output (decap caption's directory) against references, per strategy.
+
+Run as ``decap evaluate --captions DIR --references URL --output DIR``. Metrics:
+
+- BLEU-1..4, METEOR, ROUGE-L and CIDEr-D through pycocoevalcap 1.2 (its PTB tokenizer and METEOR
+  run on Java); SPICE is left out: it downloads Stanford CoreNLP models on first use.
+- CLIPScore, 2.5 * max(cos, 0), from each row's clip_score: the cosine that the captioning run's
+  own CLIP gave the image embedding and the caption it wrote (so the images are not re-encoded).
+  Captions are encoded as written, without the prompt "A photo depicts" of Hessel et al.'s code.
+- RefCLIPScore, with --clip-model (and --clip-checkpoint): the harmonic mean of CLIPScore and the
+  caption's best cosine with its references' text embeddings; that CLIP must be the run's (its
+  fingerprint must match the rows').
+- With --toy-truth (the toy archive's Parquet, whose captions name every object): objects named,
+  exact sets and invented objects, as decap demo scores them.
+
+Writes metrics.json, metrics.md (a Markdown table), and results-<strategy>.json in COCO's results
+format ([{"image_id", "caption"}]) for other tools.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any, Sequence
+
+import fsspec
+import numpy as np
+
+from decap_core import caption_metrics, captions_files, references
+from decap_core.clip import load_clip
+from decap_core.errors import DecapError
+from decap_core.toy import evaluation
+
+FORMAT = "decap-evaluation/1"
+ROW_COLUMNS = ["key", "source", "strategy", "caption", "tau", "clip_score", "clip_fingerprint"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="decap evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--captions", required=True, help="captions output directory written by decap caption")
+    parser.add_argument("--references", required=True,
+                        help="COCO-style .json (images + annotations), or .jsonl / .parquet of key + captions")
+    parser.add_argument("--output", required=True, help="directory for metrics.json, metrics.md, results-*.json")
+    parser.add_argument("--clip-model", default=None, help="the run's CLIP architecture, for RefCLIPScore")
+    parser.add_argument("--clip-checkpoint", default=None, help="the run's CLIP weights (path or fsspec URL)")
+    parser.add_argument("--toy-truth", default=None,
+                        help="the toy world's archive Parquet (glob) of key + caption: object recall, exact, invented")
+    parser.add_argument("--allow-unmatched", action="store_true",
+                        help="score the keys that have references and count the others (default: an error)")
+    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (a Java process with 2 GB of heap)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return run(argv)
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse the flags, score every strategy and write the outputs; returns what metrics.json holds."""
+    args = build_parser().parse_args(argv)
+    rows = captions_files.read_captions(args.captions, ROW_COLUMNS).to_pylist()
+    refs = references.read_references(args.references)
+    truths = references.object_truths(references.read_references(args.toy_truth)) if args.toy_truth else None
+    clip = _run_clip(args.clip_model, args.clip_checkpoint, rows)
+    grouped = _by_strategy(rows)
+    matched = {strategy: references.match(refs, [row["key"] for row in chosen], args.allow_unmatched)
+               for strategy, chosen in grouped.items()}
+    strategies = {strategy: _score_strategy(chosen, matched[strategy], truths, clip, not args.no_meteor)
+                  for strategy, chosen in grouped.items()}
+    for strategy, chosen in grouped.items():
+        _write_results(f"{args.output}/results-{strategy}.json", chosen, matched[strategy])
+    report = {"format": FORMAT, "captions": args.captions, "references": args.references,
+              "toy_truth": args.toy_truth, "references_skipped_empty": refs.skipped_empty,
+              "clip_fingerprint": clip.fingerprint if clip else None, "strategies": strategies}
+    _write(f"{args.output}/metrics.json", json.dumps(report, indent=1, sort_keys=True))
+    table = format_markdown(strategies)
+    _write(f"{args.output}/metrics.md", table + "\n")
+    print(table)
+    return report
+
+
+def _run_clip(name: str | None, checkpoint: str | None, rows: list[dict[str, Any]]):
+    """The run's CLIP for RefCLIPScore, or None without --clip-model; refused unless the rows were made with it."""
+    if name is None:
+        if checkpoint is not None:
+            raise DecapError("--clip-checkpoint needs --clip-model")
+        return None
+    clip = load_clip(name, checkpoint)
+    made_with = sorted({row["clip_fingerprint"] for row in rows})
+    if made_with != [clip.fingerprint]:
+        raise DecapError(f"the captions were made with CLIP {', '.join(made_with)}, not {clip.fingerprint} "
+                         "(--clip-model/--clip-checkpoint)")
+    return clip
+
+
+def _by_strategy(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows per strategy, one per key: a key that two input shards share keeps its first row by source."""
+    grouped: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in sorted(rows, key=lambda r: (r["strategy"], r["key"], r["source"])):
+        grouped.setdefault(row["strategy"], {}).setdefault(row["key"], row)
+    return {strategy: list(by_key.values()) for strategy, by_key in grouped.items()}
+
+
+def _score_strategy(rows: list[dict[str, Any]], matched: references.Matched, truths: dict | None, clip,
+                    meteor: bool) -> dict[str, Any]:
+    scored = [row for row in rows if row["key"] in matched.references]
+    candidates = {row["key"]: row["caption"] for row in scored}
+    refs = {key: list(matched.references[key].captions) for key in candidates}
+    clip_score = caption_metrics.clip_scores([row["clip_score"] for row in rows])
+    result: dict[str, Any] = {
+        "tau": rows[0]["tau"], "rows": len(rows), "scored": len(scored), "unmatched": len(matched.unmatched),
+        "references_without_captions": matched.unused,
+        **caption_metrics.coco_scores(refs, candidates, meteor=meteor),
+        "CLIPScore": float(clip_score.mean()), "RefCLIPScore": None,
+    }
+    if clip is not None:
+        cosines = caption_metrics.max_reference_cosines(clip, list(candidates.values()), list(refs.values()))
+        scored_clip = caption_metrics.clip_scores([row["clip_score"] for row in scored])
+        result["RefCLIPScore"] = float(np.mean(caption_metrics.ref_clip_scores(scored_clip, cosines)))
+    if truths is not None:
+        missing = [row["key"] for row in rows if row["key"] not in truths]
+        if missing:
+            raise DecapError(f"{len(missing)} captioned keys are not in --toy-truth (first: {missing[0]})")
+        result["toy"] = evaluation.object_scores([row["caption"] for row in rows], [truths[row["key"]] for row in rows])
+    return result
+
+
+def _write_results(url: str, rows: list[dict[str, Any]], matched: references.Matched) -> None:
+    """COCO's results format: the reference's image id where there is one, else the key."""
+    results = [{"image_id": matched.references[row["key"]].image_id if row["key"] in matched.references
+                else row["key"], "caption": row["caption"]} for row in rows]
+    _write(url, json.dumps(results, ensure_ascii=False))
+
+
+def _write(url: str, text: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "w") as handle:
+        handle.write(text)
+
+
+def format_markdown(strategies: dict[str, dict[str, Any]]) -> str:
+    """One row per strategy: COCO metrics (x100), CLIPScores and, when scored, the toy world's truth."""
+    toy = any("toy" in result for result in strategies.values())
+    header = ["strategy", "tau", "scored", *caption_metrics.COCO_METRICS, "CLIPScore", "RefCLIPScore"]
+    header += ["objects named", "exact sets", "invented"] if toy else []
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for strategy, result in strategies.items():
+        cells = [strategy, f"{result['tau']:g}" if result["tau"] is not None else "-", str(result["scored"])]
+        cells += [f"{100 * result[name]:.1f}" if name in result else "-" for name in caption_metrics.COCO_METRICS]
+        cells += [f"{result[name]:.3f}" if result[name] is not None else "-" for name in ("CLIPScore", "RefCLIPScore")]
+        if toy:
+            cells += [f"{result['toy'][name]:.1%}" for name in ("object_recall", "exact", "hallucination")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
