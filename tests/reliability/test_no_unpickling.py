@@ -1,4 +1,4 @@
-"""Nothing is ever unpickled from user files: a pickle with a payload, named as a trainer checkpoint, is refused unrun."""
+"""Nothing is unpickled from user files: a pickle with a payload, named as a trainer checkpoint, is refused unrun."""
 import os
 import pickle
 
