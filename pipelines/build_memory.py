@@ -16,24 +16,24 @@ import argparse
 import dataclasses
 import logging
 import sys
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import apache_beam as beam
 import fsspec
 import numpy as np
 
-from decap_core import artifacts, corpus, index, memory_files
+from decap_core import artifacts, corpus, index, memory_files, spill
 from decap_core.clip import load_clip
 from decap_core.errors import DecapError
 from decap_core.memory_files import FileRows, IndexInfo, MemoryCounts, MemoryManifest, MemoryPlan, ShardRows
 from decap_core.vocab import clip_token_ids
 from pipelines import dead_letters, options, steps
 from pipelines.common import (
-    BATCHES,
     DEAD,
+    GROUPS,
     STATS,
+    ClipDoFn,
     DistinctSentences,
-    EncodeText,
     add_corpus_flags,
     limits_of,
     normalisation_of,
@@ -54,28 +54,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def key_encoded_by_shard(encoded: tuple) -> tuple[int, tuple[list[tuple[str, str, str]], np.ndarray]]:
-    """An encoded batch as ``(shard, ([(id, text, source)], embeddings))``: the tokens stay behind."""
-    (shard, _), rows, embeddings = encoded
-    sentences = [corpus.Sentence._make(row) for row in rows]
-    return shard, ([(s.id, s.text, s.source) for s in sentences], embeddings)
+class EncodeAndWriteShard(ClipDoFn):
+    """One group's distinct sentences -> encoded in fixed batches -> ``memory-SSSSS-of-NNNNN.parquet``, rows by id.
 
+    A group is a shard (both are ``hash(id) mod num_shards``); encoding and writing it in the step
+    that deduped it keeps only that shard in memory.
+    """
 
-class WriteShard(beam.DoFn):
-    """All encoded batches of one shard -> ``memory-SSSSS-of-NNNNN.parquet``, rows sorted by id."""
+    def __init__(self, clip_model: str, clip_checkpoint: str | None, output: str, num_shards: int, batch_size: int):
+        super().__init__(clip_model, clip_checkpoint)
+        self._output, self._num_shards, self._batch_size = output, num_shards, batch_size
 
-    def __init__(self, output: str, num_shards: int):
-        self._output, self._num_shards = output, num_shards
-
-    def process(self, element: tuple[int, Iterable[tuple[list[tuple[str, str, str]], np.ndarray]]]) -> Iterator[dict]:
-        shard, encoded = element
-        batches = list(encoded)
-        rows = [row for row_batch, _ in batches for row in row_batch]
-        by_id = sorted(range(len(rows)), key=lambda i: rows[i][0])
-        ids, texts, sources = zip(*(rows[i] for i in by_id))
-        embeddings = np.concatenate([e for _, e in batches])[by_id]
+    def process(self, element: tuple[int, list[tuple]]) -> Iterator[dict]:
+        shard, rows = element
+        if not rows:
+            return
+        embeddings = np.concatenate([self.encode(batch) for batch in steps.batches_of(rows, self._batch_size)])
+        sentences = [corpus.Sentence._make(row) for row in rows]
+        by_id = sorted(range(len(rows)), key=lambda i: sentences[i].id)
         name = memory_files.shard_name(shard, self._num_shards)
-        memory_files.write_shard(f"{self._output}/{name}", ShardRows(list(ids), list(texts), embeddings, list(sources)))
+        memory_files.write_shard(f"{self._output}/{name}", ShardRows(
+            [sentences[i].id for i in by_id], [sentences[i].text for i in by_id], embeddings[by_id],
+            [sentences[i].source for i in by_id]))
         count("kept", len(rows))
         yield {"name": name, "rows": len(rows)}
 
@@ -89,6 +89,7 @@ def complete_memory(gathered: dict[str, list[dict]], plan: MemoryPlan, output: s
             memory_files.write_shard(f"{output}/{name}", ShardRows([], [], np.zeros((0, plan.dim), np.float32), []))
             written[name] = 0
     artifacts.remove_stale(output, memory_files.SHARD_GLOB, names)
+    spill.remove_spill(output)
     letters, reasons = dead_letters.finish(output, gathered["dead"])
     sentences = sum(stats["sentences"] for stats in gathered["stats"])
     rows, dead = sum(written.values()), sum(reasons.values())
@@ -157,15 +158,10 @@ def build(argv: list[str] | None = None) -> MemoryManifest:
 
     with steps.pipeline(beam_options) as p:
         distinct = p | "DistinctSentences" >> DistinctSentences(
-            plan.inputs, args.field, normalisation_of(args), plan.token_limits, plan.num_shards, args.batch_size)
-        shards = (
-            distinct[BATCHES]
-            | "SpreadBatches" >> beam.Reshuffle()
-            | "EncodeText" >> EncodeText(args.clip_model, args.clip_checkpoint)
-            | "KeyBatchByShard" >> beam.Map(key_encoded_by_shard)
-            | "GatherShards" >> beam.GroupByKey()
-            | "WriteShards" >> beam.ParDo(WriteShard(output, plan.num_shards))
-        )
+            plan.inputs, args.field, normalisation_of(args), plan.token_limits, plan.num_shards,
+            f"{output}/{spill.SPILL_DIR}")
+        shards = distinct[GROUPS] | "EncodeAndWriteShards" >> beam.ParDo(EncodeAndWriteShard(
+            args.clip_model, args.clip_checkpoint, output, plan.num_shards, args.batch_size))
         dead = distinct[DEAD] | "DeadLetters" >> dead_letters.WriteDeadLetters(output, plan.num_shards)
         _ = (
             {"shards": shards, "stats": distinct[STATS], "dead": dead}

@@ -1,7 +1,8 @@
 """What the text pipelines (build-memory, make-shards) share: corpus flags and the text steps.
 
 ``add_corpus_flags`` defines the corpus, CLIP and token flags once; ``DistinctSentences`` (read,
-normalise, filter, dedupe, batch) -> ``EncodeText``. Refused inputs leave on the ``DEAD`` output
+normalise, filter, spill, dedupe by group) -> ``group_batches`` -> ``EncodeText`` (or a ``ClipDoFn`` of
+one's own). Refused inputs leave on the ``DEAD`` output
 as plain tuples of ``decap_core.dead_letters.DeadLetter``'s fields.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from apache_beam.utils.shared import Shared
 
-from decap_core import corpus
+from decap_core import corpus, spill
 from decap_core.clip import ClipModel, encode_tokens_packed, load_clip
 from decap_core.textnorm import LengthLimits, NormalisationOptions, shard_of
 from decap_core.vocab import pad_batch
@@ -22,8 +23,8 @@ from pipelines.steps import Split, batches_of, count
 
 DEAD = "dead"
 STATS = "stats"
-BATCHES = "batches"
-_LISTS = "lists"
+GROUPS = "groups"
+_SPILLED = "spilled"
 
 
 def add_clip_flags(parser: argparse.ArgumentParser) -> None:
@@ -52,21 +53,19 @@ def limits_of(args: argparse.Namespace, context_length: int) -> LengthLimits:
     return LengthLimits(context_length=context_length, min_tokens=args.min_tokens, max_tokens=args.max_tokens)
 
 
-class _ReadAndPrepare(beam.DoFn):
-    """One corpus file -> its kept sentences as ``(group, [fields])`` lists, and ``DEAD`` records.
+class _ReadAndSpill(beam.DoFn):
+    """One corpus file -> its kept sentences in spill files by group (``decap_core.spill``), and ``DEAD`` records.
 
-    Sentences leave in lists of up to ``chunk`` per group rather than one element each, so the
-    shuffle that follows moves a few thousand elements instead of one per line, and as plain
-    tuples of ``Sentence``'s fields: Beam's default coder writes a tuple natively but pickles a
-    NamedTuple, four times slower per sentence.
+    Only ``(group, spill file URL)`` pairs go on to the shuffle, so no runner holds the corpus in
+    memory (Beam's in-process runner keeps a GroupByKey's whole input there).
     """
 
-    def __init__(self, field: str, options: NormalisationOptions, limits: LengthLimits, groups: int, chunk: int = 1024):
+    def __init__(self, field: str, options: NormalisationOptions, limits: LengthLimits, groups: int, spill_dir: str):
         self._field, self._options, self._limits = field, options, limits
-        self._groups, self._chunk = groups, chunk
+        self._groups, self._spill_dir = groups, spill_dir
 
     def process(self, url: str) -> Iterator[Any]:
-        lists: dict[int, list[tuple]] = {}
+        writer = spill.SpillWriter(self._spill_dir, url)
         records = 0
         for record in corpus.read_records(url, self._field):
             records += 1
@@ -74,82 +73,82 @@ class _ReadAndPrepare(beam.DoFn):
                 record = corpus.prepare(record, self._options, self._limits)
             if isinstance(record, corpus.DeadLetter):
                 yield DEAD, tuple(record)
-                continue
-            group = shard_of(record.id, self._groups)
-            sentences = lists.setdefault(group, [])
-            sentences.append(tuple(record))
-            if len(sentences) == self._chunk:
-                yield _LISTS, (group, lists.pop(group))
-        for group_lists in lists.items():
-            yield _LISTS, group_lists
+            else:
+                writer.add(shard_of(record.id, self._groups), record)
+        for group, spill_url in writer.close().items():
+            yield _SPILLED, (group, spill_url)
         count("read", records)  # once a file: a counter update per line cost more than the read
 
 
-class DedupeAndBatch(beam.DoFn):
-    """One group's sentences -> its distinct ids as fixed batches ``((group, n), [fields])``.
+class DedupeGroup(beam.DoFn):
+    """One group's spill files -> its distinct sentences, one element ``(group, [Sentence fields])``.
 
     Copies share an id, so they share a group: deduping within a group is global. The kept copy
-    is the first by file and line (``corpus.source_order``), so reruns choose the same. Rows (``Sentence`` fields, as
-    plain tuples) are batched in (token count, id) order: the same batches every run make the
-    encoded numbers identical from run to run.
+    is the first by file and line (``corpus.source_order``), so reruns choose the same. Rows are in
+    (token count, id) order, so that batches of them are the same every run (and so are the
+    encoded numbers); as plain tuples, which Beam's default coder writes natively.
     """
 
-    def __init__(self, batch_size: int):
-        self._batch_size = batch_size
-
-    def process(self, element: tuple[int, Iterable[list[tuple]]]) -> Iterator[Any]:
-        group, lists = element
-        first: dict[str, tuple] = {}
+    def process(self, element: tuple[int, Iterable[str]]) -> Iterator[Any]:
+        group, spill_urls = element
+        first: dict[str, corpus.Sentence] = {}
         seen = 0
-        for sentences in lists:
-            seen += len(sentences)
-            for fields in sentences:
-                sentence = corpus.Sentence._make(fields)
+        for url in sorted(spill_urls):
+            for sentence in spill.read_spill(url):
+                seen += 1
                 kept = first.get(sentence.id)
                 if kept is None or corpus.source_order(sentence.source) < corpus.source_order(kept.source):
                     first[sentence.id] = sentence
         count("duplicates", seen - len(first))
         yield STATS, {"shard": group, "sentences": seen, "distinct": len(first)}
         rows = [tuple(sentence) for sentence in sorted(first.values(), key=lambda s: (len(s.tokens), s.id))]
-        for number, batch in enumerate(batches_of(rows, self._batch_size)):
-            yield BATCHES, ((group, number), batch)
+        yield GROUPS, (group, rows)
+
+
+def group_batches(element: tuple[int, list[tuple]], batch_size: int) -> Iterator[tuple[tuple[int, int], list[tuple]]]:
+    """A group's distinct sentences as fixed batches ``((group, n), [Sentence fields])``."""
+    group, rows = element
+    for number, batch in enumerate(batches_of(rows, batch_size)):
+        yield (group, number), list(batch)
 
 
 class DistinctSentences(beam.PTransform):
-    """Corpus files -> their distinct sentences in fixed batches ``((group, n), [Sentence fields])``.
+    """Corpus files -> their distinct sentences by group: ``(group, [Sentence fields])``, one element a group.
 
-    Each file is read, normalised and filtered by one worker (files are spread over workers);
-    sentences are grouped by ``hash(id) mod groups`` and deduped there. Outputs, by name:
-    ``BATCHES``; ``STATS``, one ``{shard, sentences, distinct}`` per group; ``DEAD``, the refused
-    records (``DeadLetter`` fields).
+    Each file is read, normalised and filtered by one worker (files are spread over workers) into
+    spill files under ``spill_dir``; sentences are grouped by ``hash(id) mod groups`` and deduped
+    there, one group at a time. Outputs, by name: ``GROUPS``; ``STATS``, one ``{shard, sentences,
+    distinct}`` per group; ``DEAD``, the refused records (``DeadLetter`` fields). The caller removes
+    ``spill_dir`` after the pipeline (``decap_core.spill.remove_spill``).
     """
 
     def __init__(self, files: Sequence[str], field: str, options: NormalisationOptions, limits: LengthLimits,
-                 groups: int, batch_size: int):
+                 groups: int, spill_dir: str):
         super().__init__()
         self._files, self._field = list(files), field
         self._options, self._limits = options, limits
-        self._groups, self._batch_size = groups, batch_size
+        self._groups, self._spill_dir = groups, spill_dir
 
     def expand(self, pbegin):
         prepared = (
             pbegin
             | "ListFiles" >> beam.Create(self._files)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadAndPrepare" >> beam.ParDo(_ReadAndPrepare(self._field, self._options, self._limits, self._groups))
-            | "SplitPrepared" >> Split(_LISTS, DEAD)
+            | "ReadAndSpill" >> beam.ParDo(_ReadAndSpill(self._field, self._options, self._limits, self._groups,
+                                                          self._spill_dir))
+            | "SplitPrepared" >> Split(_SPILLED, DEAD)
         )
         deduped = (
-            prepared[_LISTS]
+            prepared[_SPILLED]
             | "GroupById" >> beam.GroupByKey()
-            | "DedupeAndBatch" >> beam.ParDo(DedupeAndBatch(self._batch_size))
-            | "SplitDeduped" >> Split(BATCHES, STATS)
+            | "DedupeGroup" >> beam.ParDo(DedupeGroup())
+            | "SplitDeduped" >> Split(GROUPS, STATS)
         )
-        return {BATCHES: deduped[BATCHES], STATS: deduped[STATS], DEAD: prepared[DEAD]}
+        return {GROUPS: deduped[GROUPS], STATS: deduped[STATS], DEAD: prepared[DEAD]}
 
 
-class _EncodeBatches(beam.DoFn):
-    """Encodes batches with one CLIP per worker process (a Beam ``Shared`` handle), made in setup."""
+class ClipDoFn(beam.DoFn):
+    """A DoFn that encodes sentences with one CLIP per worker process (a Beam ``Shared`` handle), made in setup."""
 
     def __init__(self, clip_model: str, clip_checkpoint: str | None):
         self._clip_model, self._clip_checkpoint = clip_model, clip_checkpoint
@@ -162,13 +161,19 @@ class _EncodeBatches(beam.DoFn):
     def _load(self) -> ClipModel:
         return load_clip(self._clip_model, self._clip_checkpoint)  # no checkpoint: seeded random weights
 
-    def process(self, element: tuple[Any, list[tuple]]) -> Iterator[tuple[Any, list[tuple], np.ndarray]]:
-        key, rows = element
+    def encode(self, rows: Sequence[tuple]) -> np.ndarray:
+        """float32 [n, D] unit-norm embeddings of ``rows`` (``Sentence`` fields), from their own tokens."""
         tokens = torch.from_numpy(pad_batch([corpus.Sentence._make(row).tokens for row in rows]))
         with torch.no_grad():
             embeddings = encode_tokens_packed(self._clip.model, tokens).float().numpy()
         count("encoded", len(rows))
-        yield key, [tuple(row) for row in rows], embeddings
+        return embeddings
+
+
+class _EncodeBatches(ClipDoFn):
+    def process(self, element: tuple[Any, list[tuple]]) -> Iterator[tuple[Any, list[tuple], np.ndarray]]:
+        key, rows = element
+        yield key, [tuple(row) for row in rows], self.encode(rows)
 
 
 class EncodeText(beam.PTransform):

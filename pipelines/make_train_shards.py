@@ -24,7 +24,7 @@ import apache_beam as beam
 import fsspec
 import numpy as np
 
-from decap_core import artifacts, corpus, memory_files, train_shards
+from decap_core import artifacts, corpus, memory_files, spill, train_shards
 from decap_core.clip import load_clip
 from decap_core.dead_letters import DIRECTORY as ERRORS_DIR
 from decap_core.dead_letters import DeadLetter
@@ -33,7 +33,16 @@ from decap_core.textnorm import LengthLimits
 from decap_core.train_shards import Sample, ShardFile, ShardsManifest, ShardsPlan
 from decap_core.vocab import clip_token_ids
 from pipelines import dead_letters, options, steps
-from pipelines.common import BATCHES, DEAD, DistinctSentences, EncodeText, add_corpus_flags, limits_of, normalisation_of
+from pipelines.common import (
+    DEAD,
+    GROUPS,
+    DistinctSentences,
+    EncodeText,
+    add_corpus_flags,
+    group_batches,
+    limits_of,
+    normalisation_of,
+)
 from pipelines.steps import Gather, Split, count
 
 DEDUPE_GROUPS = 64  # parallelism of the global dedupe (each group must fit in a worker)
@@ -143,6 +152,7 @@ def complete_shards(gathered: dict[str, list[dict]], plan: ShardsPlan, output: s
     for split in train_shards.SPLITS:
         artifacts.remove_stale(output, f"{split}-*.tar", names[split])
     letters, _ = dead_letters.finish(output, gathered["dead"])
+    spill.remove_spill(output)
     tokens: Counter = Counter()
     for shard in shards:
         tokens.update(shard["token_counts"])
@@ -224,9 +234,11 @@ def make(argv: list[str] | None = None) -> ShardsManifest:
             samples, dead = read[SAMPLES], read[DEAD]
         else:
             distinct = p | "DistinctSentences" >> DistinctSentences(
-                files, args.field, normalisation_of(args), plan.token_limits, DEDUPE_GROUPS, args.batch_size)
+                files, args.field, normalisation_of(args), plan.token_limits, DEDUPE_GROUPS,
+                f"{output}/{spill.SPILL_DIR}")
             samples = (
-                distinct[BATCHES]
+                distinct[GROUPS]
+                | "Batches" >> beam.FlatMap(group_batches, args.batch_size)
                 | "SpreadBatches" >> beam.Reshuffle()
                 | "EncodeText" >> EncodeText(args.clip_model, args.clip_checkpoint)
                 | "ToSamples" >> beam.FlatMap(encoded_to_samples)
