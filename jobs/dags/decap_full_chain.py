@@ -6,13 +6,11 @@ Each task runs one ``decap`` stage (``build-memory``, ``make-shards --memory``, 
 The trainer runs under ``torchrun --nproc-per-node N`` when ``nproc`` > 1 and resumes from its newest
 checkpoint when a task is retried. Captioning is incremental: it captions only the archive shards its
 output has not committed, and writes ``airflow-runs/<run id>.json`` there (also the task's XCom).
-The last task, ``decap evaluate``, is in the DAG only if ``jobs/evaluate.py`` exists when the DAG file
-is parsed; otherwise the chain ends after captioning.
+The last task scores the captions against ``references`` with ``decap evaluate``.
 Triggered, not scheduled (``schedule=None``): trigger it when a new corpus lands, with the params as conf.
 """
 from __future__ import annotations
 
-import importlib.util
 from datetime import timedelta
 from typing import Any
 
@@ -20,8 +18,6 @@ import pendulum
 from airflow.sdk import Param, dag, task
 
 from jobs.dags import decap_steps as steps
-
-EVALUATE = importlib.util.find_spec("jobs.evaluate") is not None
 
 
 @dag(
@@ -83,16 +79,14 @@ def decap_full_chain() -> None:
     def caption(**context: Any) -> dict[str, Any]:
         return steps.caption_new_shards(context["params"], context["run_id"])
 
-    chain = build_memory() >> make_shards() >> train_decoder() >> caption()
-    if EVALUATE:
-        @task(execution_timeout=timedelta(hours=6))
-        def evaluate(**context: Any) -> None:
-            params = context["params"]
-            steps.run(steps.decap_command(["evaluate", "--captions", params["captions"], "--references",
-                                           params["references"], "--output", params["evaluation"],
-                                           *steps.clip_flags(params), *params["evaluate_options"]]))
+    @task(execution_timeout=timedelta(hours=6))
+    def evaluate(**context: Any) -> None:
+        params = context["params"]
+        steps.run(steps.decap_command(["evaluate", "--captions", params["captions"], "--references",
+                                       params["references"], "--output", params["evaluation"],
+                                       *steps.clip_flags(params), *params["evaluate_options"]]))
 
-        chain >> evaluate()
+    build_memory() >> make_shards() >> train_decoder() >> caption() >> evaluate()
 
 
 decap_full_chain()
