@@ -10,7 +10,5 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """``(file system, path)`` of ``url``; a ``DecapError`` when its protocol is unknown or its driver missing."""
     try:
         return fsspec.core.url_to_fs(url)
-    except ImportError as error:  # fsspec: "Install s3fs to access S3"
-        raise DecapError(f"cannot open {url}: {error}") from None
-    except ValueError as error:  # "Protocol not known: nosuch"
+    except (ImportError, ValueError) as error:  # "Install s3fs to access S3", "Protocol not known: nosuch"
         raise DecapError(f"cannot open {url}: {error}") from None

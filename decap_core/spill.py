@@ -77,8 +77,13 @@ def read_spill(url: str) -> Iterator[Sentence]:
                 yield Sentence(row[0], row[1], row[2], tuple(row[3]))
 
 
-def remove_spill(directory: str) -> None:
-    """Delete the spill files under ``directory`` (after the pipeline, or those a killed run left)."""
-    fs, root = filesystem(f"{directory.rstrip('/')}/{SPILL_DIR}")
+def spill_dir(output: str) -> str:
+    """Where a pipeline writing ``output`` spills its sentences."""
+    return f"{output.rstrip('/')}/{SPILL_DIR}"
+
+
+def remove_spill(output: str) -> None:
+    """Delete the spill files of a pipeline writing ``output`` (after it, or those a killed run left)."""
+    fs, root = filesystem(spill_dir(output))
     if fs.exists(root):
         fs.rm(root, recursive=True)

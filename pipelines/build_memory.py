@@ -66,9 +66,7 @@ class EncodeAndWriteShard(ClipDoFn):
         self._output, self._num_shards, self._batch_size = output, num_shards, batch_size
 
     def process(self, element: tuple[int, list[tuple]]) -> Iterator[dict]:
-        shard, rows = element
-        if not rows:
-            return
+        shard, rows = element  # never empty: a group exists only where a spill file holds a sentence
         embeddings = np.concatenate([self.encode(batch) for batch in steps.batches_of(rows, self._batch_size)])
         sentences = [corpus.Sentence._make(row) for row in rows]
         by_id = sorted(range(len(rows)), key=lambda i: sentences[i].id)
@@ -159,7 +157,7 @@ def build(argv: list[str] | None = None) -> MemoryManifest:
     with steps.pipeline(beam_options) as p:
         distinct = p | "DistinctSentences" >> DistinctSentences(
             plan.inputs, args.field, normalisation_of(args), plan.token_limits, plan.num_shards,
-            f"{output}/{spill.SPILL_DIR}")
+            spill.spill_dir(output))
         shards = distinct[GROUPS] | "EncodeAndWriteShards" >> beam.ParDo(EncodeAndWriteShard(
             args.clip_model, args.clip_checkpoint, output, plan.num_shards, args.batch_size))
         dead = distinct[DEAD] | "DeadLetters" >> dead_letters.WriteDeadLetters(output, plan.num_shards)

@@ -118,8 +118,8 @@ class DistinctSentences(beam.PTransform):
     Each file is read, normalised and filtered by one worker (files are spread over workers) into
     spill files under ``spill_dir``; sentences are grouped by ``hash(id) mod groups`` and deduped
     there, one group at a time. Outputs, by name: ``GROUPS``; ``STATS``, one ``{shard, sentences,
-    distinct}`` per group; ``DEAD``, the refused records (``DeadLetter`` fields). The caller removes
-    ``spill_dir`` after the pipeline (``decap_core.spill.remove_spill``).
+    distinct}`` per group; ``DEAD``, the refused records (``DeadLetter`` fields). ``spill_dir`` is
+    ``decap_core.spill.spill_dir(output)``; the caller removes it (``spill.remove_spill(output)``).
     """
 
     def __init__(self, files: Sequence[str], field: str, options: NormalisationOptions, limits: LengthLimits,

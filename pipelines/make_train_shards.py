@@ -235,7 +235,7 @@ def make(argv: list[str] | None = None) -> ShardsManifest:
         else:
             distinct = p | "DistinctSentences" >> DistinctSentences(
                 files, args.field, normalisation_of(args), plan.token_limits, DEDUPE_GROUPS,
-                f"{output}/{spill.SPILL_DIR}")
+                spill.spill_dir(output))
             samples = (
                 distinct[GROUPS]
                 | "Batches" >> beam.FlatMap(group_batches, args.batch_size)

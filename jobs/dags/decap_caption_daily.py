@@ -12,7 +12,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pendulum
 from airflow.sdk import dag, task
 
 from jobs.dags import decap_steps as steps
@@ -21,12 +20,8 @@ from jobs.dags import decap_steps as steps
 @dag(
     dag_id="decap_caption_daily",
     schedule="@daily",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args=steps.DEFAULT_ARGS,
     doc_md=__doc__,
-    tags=["decap"],
+    **steps.DAG_SETTINGS,
     params={
         **steps.model_params(),
         **steps.caption_params(["archive/*.tar"], "runs/airflow/memory", "runs/airflow/decoder",

@@ -14,7 +14,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pendulum
 from airflow.sdk import Param, dag, task
 
 from jobs.dags import decap_steps as steps
@@ -23,12 +22,8 @@ from jobs.dags import decap_steps as steps
 @dag(
     dag_id="decap_full_chain",
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    default_args=steps.DEFAULT_ARGS,
     doc_md=__doc__,
-    tags=["decap"],
+    **steps.DAG_SETTINGS,
     params={
         "corpus": steps.strings(["corpora/*.txt"], "fsspec globs of text corpora (.txt, .jsonl, .parquet)"),
         "memory_options": steps.strings(["--num-shards", "16", "--index", "auto"],

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import fsspec
+import pendulum
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
@@ -29,6 +30,13 @@ STRATEGIES = ["pd", "nnd", "clipre", "vd"]
 RECORDS_DIR = "airflow-runs"  # one JSON record per DAG run, inside the captions output
 RECORD_FORMAT = "decap-airflow-caption-run/1"
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(minutes=5), "execution_timeout": timedelta(hours=12)}
+DAG_SETTINGS = {  # what every decap DAG sets alike, beside its id, schedule, doc and params
+    "start_date": pendulum.datetime(2026, 1, 1, tz="UTC"),
+    "catchup": False,
+    "max_active_runs": 1,
+    "default_args": DEFAULT_ARGS,
+    "tags": ["decap"],
+}
 REFUSAL = re.compile(r"^decap [\w-]+: error: ")
 
 
