@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-quick bench clean
+.PHONY: setup browser demo test test-quick bench clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,12 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(BIN)/decap demo
 
-test: $(STAMP)
+# Debian's headless Chromium and its driver, for the report's browser test (CI runs make test as root on Debian 12)
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver)
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
 

@@ -8,6 +8,7 @@ from setuptools import find_packages, setup
 
 DASK = "dask[distributed]==2026.8.0"  # for --runner=DaskRunner (Beam's runner on a dask.distributed cluster)
 AIRFLOW = "apache-airflow==3.3.2"  # the scheduled DAGs in jobs/dags/
+SELENIUM = "selenium==4.51.0"  # drives Debian's chromium in the report's test (4.52.0 needs a newer certifi)
 
 setup(
     name="decap",
@@ -34,7 +35,9 @@ setup(
         "matplotlib==3.11.2",
         "pycocoevalcap==1.2",  # BLEU, METEOR, ROUGE-L, CIDEr-D as papers report them (its tokenizer, METEOR: Java)
         "regex==2026.11.19",  # Unicode categories in text normalisation (open_clip needs it too)
+        "scikit-learn==1.9.1",  # PCA and t-SNE of the report's modality-gap figure
     ],
-    extras_require={"dask": [DASK], "airflow": [AIRFLOW], "test": ["pytest==9.2.0", "ruff==0.14.0", DASK, AIRFLOW]},
+    extras_require={"dask": [DASK], "airflow": [AIRFLOW],
+                    "test": ["pytest==9.2.0", "ruff==0.14.0", SELENIUM, DASK, AIRFLOW]},
     entry_points={"console_scripts": ["decap=jobs.cli:main"]},
 )

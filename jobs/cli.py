@@ -15,6 +15,7 @@ COMMANDS = {
     "build-memory": ("pipelines.build_memory", "build a support memory from text corpora (Beam pipeline)"),
     "make-shards": ("pipelines.make_train_shards", "write the decoder's WebDataset train shards (Beam pipeline)"),
     "evaluate": ("jobs.evaluate", "score a captions output against references: COCO metrics, CLIPScore, toy truth"),
+    "report": ("jobs.report", "one HTML page on a captions output: modality gap, ablations, examples"),
 }
 
 

@@ -155,6 +155,13 @@ def run_demo(args: argparse.Namespace) -> dict:
     with fsspec.open(f"{work}/report.json", "w") as handle:
         json.dump(summary, handle, indent=1)
     print(f"done in {summary['seconds'] / 60:.1f} min; report: {work}/report.json")
+    from jobs import report as html_report
+
+    html_report.run([  # prints "report: {work}/report/report.html"
+        "--captions", f"{work}/captions", "--clip-checkpoint", clip_path, "--memory", f"{work}/memory",
+        "--decoder", decoder_dir, "--toy-truth", f"{work}/archive/*.parquet", "--output", f"{work}/report",
+        "--taus", ",".join(f"{t:g}" for t in args.taus), "--seed", str(args.seed),
+    ])
     return summary
 
 
