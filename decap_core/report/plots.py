@@ -8,6 +8,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 STRATEGY_STYLES: dict[str, dict[str, Any]] = {
     "pd": {"color": "#1f77b4", "marker": "o", "linestyle": "-"},
@@ -73,6 +74,7 @@ def ablation_figure(rows: Sequence[Mapping[str, Any]], x_label: str, x_format: C
         ax = figure.add_subplot(1, len(panels), number)
         draw_strategy_lines(ax, rows, "x", metric, value_format)
         ax.set_xticklabels([x_format(value) for value in ax.get_xticks()])
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _, shown=value_format: shown(value)))
         ax.set_xlabel(x_label)
         ax.set_ylabel(label)
         ax.legend(fontsize=8, loc="best")
