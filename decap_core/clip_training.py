@@ -23,11 +23,12 @@ from decap_core.devices import default_device, repeatable_on_cpu
 from decap_core.errors import DecapError
 from decap_core.optim import ClippedAdamW
 from decap_core.settings import AT_LEAST_ONE, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, described, require
+from decap_core.toy import looks, zero_shot
 from decap_core.toy import world as toyworld
-from decap_core.toy import zero_shot
 
 FIXED_LOGIT_SCALE = 100.0
 GRAD_CLIP = 1.0
+SUPERSAMPLE = 1  # training renders unsmoothed: CLIP's preprocessing resamples them anyway, at a third of the cost
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class ClipTrainSettings:
     warmup: int = described(50, "steps of linear learning-rate warm-up")
     weight_decay: float = 0.1
     seed: int = described(0, "seeds the initial weights and the rendered pairs")
-    render_size: int = described(128, "side in pixels of the rendered images (before CLIP's preprocessing)")
+    nuisances: str = described("web", "how the training images vary: a setting of decap_core.toy.looks "
+                                      "(clean, web, web-ood)")
     eval_count: int = described(300, "held-out images of the report")
     image_offset: float = described(
         25.0, "length of the image tower's starting output bias, which widens the modality gap (0: none)")
@@ -52,9 +54,11 @@ class ClipTrainSettings:
         if self.clip_model not in list_models():
             raise DecapError(f"unknown CLIP architecture {self.clip_model!r}; choose one of open_clip.list_models(), "
                              "such as toy-clip")
-        require(self, AT_LEAST_ONE, "steps", "batch_size", "render_size", "eval_count")
+        require(self, AT_LEAST_ONE, "steps", "batch_size", "eval_count")
         require(self, NON_NEGATIVE_INT, "warmup", "seed", "workers")
         require(self, POSITIVE, "lr")
+        if self.nuisances not in looks.NUISANCES:
+            raise DecapError(f"unknown nuisance setting {self.nuisances!r}; choose one of {', '.join(looks.NUISANCES)}")
         require(self, NON_NEGATIVE, "weight_decay", "image_offset")
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
             raise DecapError(f"device must be cpu or cuda, got {self.device!r}")
@@ -63,8 +67,8 @@ class ClipTrainSettings:
 class ToyPairs(torch.utils.data.IterableDataset):
     """Endless batches of rendered toy images (CLIP-preprocessed) and tokenised captions."""
 
-    def __init__(self, model_name: str, seed: int, batch_size: int, render_size: int):
-        self.model_name, self.seed, self.batch_size, self.render_size = model_name, seed, batch_size, render_size
+    def __init__(self, model_name: str, seed: int, batch_size: int, nuisances: str):
+        self.model_name, self.seed, self.batch_size, self.nuisances = model_name, seed, batch_size, nuisances
 
     def __iter__(self):
         worker = torch.utils.data.get_worker_info()
@@ -73,12 +77,12 @@ class ToyPairs(torch.utils.data.IterableDataset):
             torch.set_num_threads(1)  # each loader process renders on one core
         _, preprocess = create_model(self.model_name)
         tokenizer = open_clip.get_tokenizer(self.model_name)
-        stream = toyworld.pairs(self.seed, "clip")
+        stream = toyworld.pairs(self.seed, "clip", nuisances=self.nuisances)
         for index in itertools.count():
             batch = [next(stream) for _ in range(self.batch_size)]
             if index % workers != rank:  # loader processes take turns: the same batches in the same order
                 continue
-            pixels = torch.stack([preprocess(toyworld.render(scene, self.render_size, supersample=2))
+            pixels = torch.stack([preprocess(toyworld.render(scene, supersample=SUPERSAMPLE))
                                   for scene, _ in batch])
             yield pixels, tokenizer([text for _, text in batch])
 
@@ -116,7 +120,8 @@ def train_clip(out: str, settings: ClipTrainSettings | None = None) -> dict[str,
     optimiser = ClippedAdamW(model, s.lr, s.weight_decay, s.steps, s.warmup, GRAD_CLIP)
     loss_fn = open_clip.ClipLoss()
     loader = torch.utils.data.DataLoader(
-        ToyPairs(s.clip_model, s.seed, s.batch_size, s.render_size), batch_size=None, num_workers=s.workers,
+        ToyPairs(s.clip_model, s.seed, s.batch_size, s.nuisances), batch_size=None,
+        num_workers=s.workers,
         multiprocessing_context="spawn" if s.workers else None, prefetch_factor=4 if s.workers else None,
         pin_memory=device.type == "cuda",
     )
@@ -135,7 +140,7 @@ def train_clip(out: str, settings: ClipTrainSettings | None = None) -> dict[str,
     with fsspec.open(out, "wb") as handle:
         handle.write(save_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}))
     clip = load_clip(s.clip_model, out, device=str(device))
-    report = zero_shot.clip_report(clip, s.seed, count=s.eval_count)
+    report = zero_shot.clip_report(clip, s.seed, count=s.eval_count, nuisances=s.nuisances)
     report["train_seconds"] = time.time() - started
     return report
 

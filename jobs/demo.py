@@ -5,9 +5,12 @@
 3. write the decoder's train shards from other grammar text with ``decap make-shards`` (Beam) and
    train the toy decoder from them with ``decap train-decoder`` (text only);
 4. pack held-out images into WebDataset tars in img2dataset's layout and caption them with
-   ``decap caption`` (Beam) under every strategy;
-5. print object accuracy per strategy and a tau sweep, and plot the sweep; print what ``pd`` reaches
-   from each image's own caption (a perfect CLIP), the ceiling the memory and decoder set.
+   ``decap caption`` (Beam) under every strategy: images that vary as the CLIP's training images do
+   (``--nuisances``), and an out-of-distribution set (``--ood-nuisances``: values outside those
+   ranges and a nuisance family that training never used);
+5. print object accuracy per strategy on both sets side by side and a tau sweep, and plot the sweep;
+   print what ``pd`` reaches from each image's own caption (a perfect CLIP), the ceiling the memory
+   and decoder set.
 
 ``pd``'s temperature is chosen on validation images drawn apart from the scored ones, unless
 ``--tau`` fixes it.
@@ -29,7 +32,7 @@ from decap_core.decoder_files import load_decoder
 from decap_core.memory import SupportMemory
 from decap_core.memory_files import load_memory
 from decap_core.toy import archive as toy_archive
-from decap_core.toy import evaluation, plots, zero_shot
+from decap_core.toy import evaluation, looks, plots, zero_shot
 from decap_core.toy import world as toyworld
 from jobs import train_clip, train_decoder
 from pipelines import build_memory, caption, make_train_shards
@@ -72,6 +75,28 @@ def train_toy_decoder(clip_path: str, args: argparse.Namespace, work: str) -> No
     ])
 
 
+def caption_held_out(name: str, scenes: list[toyworld.Scene], work: str, clip_path: str, decoder_dir: str,
+                     tau: float, seed: int) -> list[dict]:
+    """Pack one held-out set into tars, caption it under every strategy with the pipeline, and score the rows."""
+    suffix = "" if name == "in distribution" else "-ood"
+    fs, _ = fsspec.core.url_to_fs(work)
+    archive, captions_dir = f"{work}/archive{suffix}", f"{work}/captions{suffix}"
+    for directory in (archive, captions_dir):  # new models each run: the pipeline refuses to mix them
+        if fs.exists(directory):
+            fs.rm(directory, recursive=True)
+    truths = toy_archive.write_scene_shards(scenes, archive, per_shard=100, seed=seed + 6)
+    manifest = caption.run([
+        "--input", f"{archive}/*.tar", "--output", captions_dir, "--clip-model", "toy-clip",
+        "--clip-checkpoint", clip_path, "--decoder", decoder_dir, "--memory", f"{work}/memory", "--tau", str(tau),
+        *[part for strategy in projection.STRATEGIES for part in ("--strategy", strategy)],
+    ])
+    counts = manifest["counts"]
+    print(f"      {name}: {captions_dir} ({counts['rows']} rows from {len(manifest['shards'])} tars), "
+          f"dead letters: {counts['dead']}")
+    rows = captions_files.read_captions(captions_dir, ["key", "strategy", "caption"]).to_pylist()
+    return evaluation.score_rows(rows, truths, projection.STRATEGIES, tau)
+
+
 def run_demo(args: argparse.Namespace) -> dict:
     started = time.time()
     work = args.workdir.rstrip("/")
@@ -80,10 +105,10 @@ def run_demo(args: argparse.Namespace) -> dict:
     if args.fresh or not fs.exists(clip_path):
         print(f"[1/5] training the toy CLIP ({args.clip_steps} steps)")
         fs.makedirs(f"{work}/clip", exist_ok=True)
-        report = train_clip.train_clip(clip_path, steps=args.clip_steps, seed=args.seed)
+        report = train_clip.train_clip(clip_path, steps=args.clip_steps, seed=args.seed, nuisances=args.nuisances)
     else:
         print(f"[1/5] reusing the toy CLIP at {clip_path} (--fresh retrains)")
-        report = zero_shot.clip_report(load_clip("toy-clip", clip_path), args.seed)
+        report = zero_shot.clip_report(load_clip("toy-clip", clip_path), args.seed, nuisances=args.nuisances)
     print(train_clip.format_report(report))
     clip = load_clip("toy-clip", clip_path)
 
@@ -100,7 +125,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         print(f"[3/5] reusing the decoder at {decoder_dir} (--fresh retrains)")
     captioner = Captioner(load_decoder(decoder_dir), memory)
     if args.tau is None:
-        validation = toyworld.scenes(args.seed + 4, "eval", args.validation_images)
+        validation = toyworld.scenes(args.seed + 4, "eval", args.validation_images, nuisances=args.nuisances)
         tau, recall = evaluation.choose_tau(captioner, zero_shot.encode_scenes(clip, validation),
                                           [s.object_set() for s in validation], args.taus)
         print(f"      pd's tau, chosen among {', '.join(f'{t:g}' for t in args.taus)} on {len(validation)} "
@@ -114,44 +139,36 @@ def run_demo(args: argparse.Namespace) -> dict:
           f"same objects {rebuilt['same_objects']:.1%} (with sizes {rebuilt['same_sized_objects']:.1%}), "
           f"exact sentence {rebuilt['exact']:.1%}")
 
-    print(f"[4/5] captioning {args.eval_images} held-out images from WebDataset tars (caption, Beam)")
-    scenes = toyworld.scenes(args.seed, "eval", args.eval_images)
-    archive = f"{work}/archive"
-    if fs.exists(archive):
-        fs.rm(archive, recursive=True)
-    truths = toy_archive.write_scene_shards(scenes, archive, per_shard=100, seed=args.seed + 6)
-    captions_dir = f"{work}/captions"
-    if fs.exists(captions_dir):
-        fs.rm(captions_dir, recursive=True)  # new models each run: the pipeline refuses to mix them
-    manifest = caption.run([
-        "--input", f"{archive}/*.tar", "--output", captions_dir, "--clip-model", "toy-clip",
-        "--clip-checkpoint", clip_path, "--decoder", decoder_dir, "--memory", f"{work}/memory", "--tau", str(tau),
-        *[part for strategy in projection.STRATEGIES for part in ("--strategy", strategy)],
-    ])
-    counts = manifest["counts"]
-    print(f"      captions: {captions_dir} ({counts['rows']} rows from {len(manifest['shards'])} tars), "
-          f"dead letters: {counts['dead']}")
-
+    sets = {"in distribution": args.nuisances, "out of distribution": args.ood_nuisances}
+    print(f"[4/5] captioning {args.eval_images} held-out images of each set from WebDataset tars (caption, Beam): "
+          + ", ".join(f"{name} ({setting})" for name, setting in sets.items()))
+    scenes = {name: toyworld.scenes(args.seed + 7 * number, "eval", args.eval_images, nuisances=setting)
+              for number, (name, setting) in enumerate(sets.items())}
+    tables = {name: caption_held_out(name, scenes[name], work, clip_path, decoder_dir, tau, args.seed)
+              for name in sets}
     print("[5/5] scoring captions against the held-out images' objects")
-    rows = captions_files.read_captions(captions_dir, ["key", "strategy", "caption"]).to_pylist()
-    table = evaluation.score_rows(rows, truths, projection.STRATEGIES, tau)
-    embeddings = zero_shot.encode_scenes(clip, scenes)
-    table += evaluation.evaluate(captioner, embeddings, [s.object_set() for s in scenes], strategies=(), taus=args.taus)
-    coverage = evaluation.memory_coverage(memory.texts, list(truths.values()))
-    ceiling = evaluation.caption_query_recall(captioner, clip, scenes, args.seed + 5)
+    in_distribution = scenes["in distribution"]
+    embeddings = zero_shot.encode_scenes(clip, in_distribution)
+    tables["in distribution"] += evaluation.evaluate(captioner, embeddings, [s.object_set() for s in in_distribution],
+                                                     strategies=(), taus=args.taus)
+    coverage = evaluation.memory_coverage(memory.texts, [s.object_set() for s in in_distribution])
+    ceiling = evaluation.caption_query_recall(captioner, clip, in_distribution, args.seed + 5)
     print(f"memory: {len(memory)} sentences; held-out images whose exact object set some memory sentence names: "
           f"{coverage:.1%}")
     print(f"pd from each image's own caption instead of the image (a perfect CLIP; tau {tau:g}): "
           f"objects named {ceiling:.1%}")
-    print("strategy table: the first four rows from the pipeline's captions, the other taus in process")
-    print(evaluation.format_table(table))
+    print("strategy table: the first four rows from the pipeline's captions, the other taus in process "
+          "(in distribution only)")
+    print(evaluation.format_side_by_side(tables))
+    table = tables["in distribution"]
     plot = f"{work}/tau_sweep.png"
     if "://" not in work:
         plots.plot_tau_sweep(table, plot)
         print(f"tau sweep plot: {plot}")
     summary = {"clip": report, "decoder_reconstruction": rebuilt, "memory_coverage": coverage,
                "memory_sentences": len(memory), "caption_query_recall": ceiling, "tau": tau, "table": table,
-               "captions": captions_dir, "seconds": time.time() - started}
+               "ood_table": tables["out of distribution"], "nuisances": sets, "captions": f"{work}/captions",
+               "ood_captions": f"{work}/captions-ood", "seconds": time.time() - started}
     with fsspec.open(f"{work}/report.json", "w") as handle:
         json.dump(summary, handle, indent=1)
     print(f"done in {summary['seconds'] / 60:.1f} min; report: {work}/report.json")
@@ -169,6 +186,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default=os.environ.get("DECAP_WORKDIR", "runs/demo"))
     parser.add_argument("--fresh", action="store_true", help="retrain CLIP and decoder even if present")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--nuisances", default="web", choices=list(looks.NUISANCES),
+                        help="how the CLIP's training images and the in-distribution held-out images vary")
+    parser.add_argument("--ood-nuisances", default="web-ood", choices=list(looks.NUISANCES),
+                        help="how the out-of-distribution held-out images vary")
     parser.add_argument("--clip-steps", type=int, default=800)
     parser.add_argument("--decoder-steps", type=int, default=2000)
     parser.add_argument("--decoder-lr", type=float, default=1e-3)

@@ -13,8 +13,12 @@ Run as ``decap evaluate --captions DIR --references URL --output DIR``. Metrics:
 - With --toy-truth (the toy archive's Parquet, whose captions name every object): objects named,
   exact sets and invented objects, as decap demo scores them.
 
-Writes metrics.json, metrics.md (a Markdown table), and results-<strategy>.json in COCO's results
-format ([{"image_id", "caption"}]) for other tools.
+With --ood-captions (and --ood-references, --ood-toy-truth) a second captions output, of the same
+models on an out-of-distribution set, is scored the same way, and metrics.md puts the two sets side
+by side: the robustness table.
+
+Writes metrics.json, metrics.md (Markdown tables), and results-<strategy>.json in COCO's results
+format ([{"image_id", "caption"}]) for other tools (results-ood-<strategy>.json for the second set).
 """
 from __future__ import annotations
 
@@ -46,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip-checkpoint", default=None, help="the run's CLIP weights (path or fsspec URL)")
     parser.add_argument("--toy-truth", default=None,
                         help="the toy world's archive Parquet (glob) of key + caption: object recall, exact, invented")
+    parser.add_argument("--ood-captions", default=None,
+                        help="a captions output of the same models on an out-of-distribution set, scored beside it")
+    parser.add_argument("--ood-references", default=None, help="references of the --ood-captions set")
+    parser.add_argument("--ood-toy-truth", default=None, help="toy truth of the --ood-captions set")
     parser.add_argument("--allow-unmatched", action="store_true",
                         help="score the keys that have references and count the others (default: an error)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (a Java process with 2 GB of heap)")
@@ -60,25 +68,55 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse the flags, score every strategy and write the outputs; returns what metrics.json holds."""
     args = build_parser().parse_args(argv)
+    if args.ood_captions is None and (args.ood_references or args.ood_toy_truth):
+        raise DecapError("--ood-references and --ood-toy-truth need --ood-captions")
+    if args.ood_captions is not None and args.ood_references is None:
+        raise DecapError("--ood-captions needs --ood-references")
     rows = captions_files.read_captions(args.captions, ROW_COLUMNS).to_pylist()
-    refs = references.read_references(args.references)
-    truths = references.object_truths(references.read_references(args.toy_truth)) if args.toy_truth else None
     clip = _run_clip(args.clip_model, args.clip_checkpoint, rows)
+    strategies, skipped = _score_set(rows, args.references, args.toy_truth, clip, args, f"{args.output}/results")
+    report = {"format": FORMAT, "captions": args.captions, "references": args.references,
+              "toy_truth": args.toy_truth, "references_skipped_empty": skipped,
+              "clip_fingerprint": clip.fingerprint if clip else None, "strategies": strategies}
+    tables = [format_markdown(strategies)]
+    if args.ood_captions is not None:
+        ood_rows = captions_files.read_captions(args.ood_captions, ROW_COLUMNS).to_pylist()
+        _same_models(rows, ood_rows)
+        ood, skipped = _score_set(ood_rows, args.ood_references, args.ood_toy_truth, clip, args,
+                                  f"{args.output}/results-ood")
+        report["out_of_distribution"] = {"captions": args.ood_captions, "references": args.ood_references,
+                                         "toy_truth": args.ood_toy_truth, "references_skipped_empty": skipped,
+                                         "strategies": ood}
+        tables += ["Out of distribution:", format_markdown(ood), "Robustness (in distribution / out of distribution):",
+                   format_robustness(strategies, ood)]
+    _write(f"{args.output}/metrics.json", json.dumps(report, indent=1, sort_keys=True))
+    text = "\n\n".join(tables)
+    _write(f"{args.output}/metrics.md", text + "\n")
+    print(text)
+    return report
+
+
+def _score_set(rows: list[dict[str, Any]], references_url: str, truth_url: str | None, clip,
+               args: argparse.Namespace, results_prefix: str) -> tuple[dict[str, Any], int]:
+    """Score one captions output per strategy and write its COCO results files; also the empty references skipped."""
+    refs = references.read_references(references_url)
+    truths = references.object_truths(references.read_references(truth_url)) if truth_url else None
     grouped = _by_strategy(rows)
     matched = {strategy: references.match(refs, [row["key"] for row in chosen], args.allow_unmatched)
                for strategy, chosen in grouped.items()}
     strategies = {strategy: _score_strategy(chosen, matched[strategy], truths, clip, not args.no_meteor)
                   for strategy, chosen in grouped.items()}
     for strategy, chosen in grouped.items():
-        _write_results(f"{args.output}/results-{strategy}.json", chosen, matched[strategy])
-    report = {"format": FORMAT, "captions": args.captions, "references": args.references,
-              "toy_truth": args.toy_truth, "references_skipped_empty": refs.skipped_empty,
-              "clip_fingerprint": clip.fingerprint if clip else None, "strategies": strategies}
-    _write(f"{args.output}/metrics.json", json.dumps(report, indent=1, sort_keys=True))
-    table = format_markdown(strategies)
-    _write(f"{args.output}/metrics.md", table + "\n")
-    print(table)
-    return report
+        _write_results(f"{results_prefix}-{strategy}.json", chosen, matched[strategy])
+    return strategies, refs.skipped_empty
+
+
+def _same_models(rows: list[dict[str, Any]], other: list[dict[str, Any]]) -> None:
+    """Two sets compare only if one CLIP made both (the decoder and memory are in their manifests)."""
+    first, second = ({row["clip_fingerprint"] for row in chosen} for chosen in (rows, other))
+    if first != second:
+        raise DecapError(f"--ood-captions were made with CLIP {', '.join(sorted(second))}, "
+                         f"--captions with {', '.join(sorted(first))}: the sets do not compare")
 
 
 def _run_clip(name: str | None, checkpoint: str | None, rows: list[dict[str, Any]]):
@@ -155,3 +193,26 @@ def format_markdown(strategies: dict[str, dict[str, Any]]) -> str:
             cells += [f"{result['toy'][name]:.1%}" for name in ("object_recall", "exact", "hallucination")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_robustness(in_distribution: dict[str, dict[str, Any]], out_of: dict[str, dict[str, Any]]) -> str:
+    """Per strategy, the headline metrics of both sets side by side (objects named where toy truth was given)."""
+    names = ["CIDEr-D", "BLEU-4", "CLIPScore"] + (["object_recall"] if _has_toy(in_distribution, out_of) else [])
+    lines = ["| strategy | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for strategy, result in in_distribution.items():
+        other = out_of.get(strategy)
+        cells = [f"{_headline(result, name)} / {_headline(other, name) if other else '-'}" for name in names]
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _has_toy(*sets: dict[str, dict[str, Any]]) -> bool:
+    return all("toy" in result for chosen in sets for result in chosen.values())
+
+
+def _headline(result: dict[str, Any], name: str) -> str:
+    if name == "object_recall":
+        return f"{result['toy']['object_recall']:.1%}"
+    if name == "CLIPScore":
+        return f"{result[name]:.3f}"
+    return f"{100 * result[name]:.1f}"

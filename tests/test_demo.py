@@ -22,9 +22,13 @@ def test_demo_runs_end_to_end_and_reports(toy_models, tmp_path):
     assert (work / "archive" / "00000.tar").exists() and (work / "archive" / "00000.parquet").exists()
     for strategy in ("pd", "nnd", "clipre", "vd"):
         assert f"\n{strategy} " in result.stdout
-    captions = captions_files.read_captions(str(work / "captions")).to_pylist()
-    assert len(captions) == 24 * 4 and {r["strategy"] for r in captions} == {"pd", "nnd", "clipre", "vd"}
+    for name in ("captions", "captions-ood"):  # in- and out-of-distribution held-out sets
+        captions = captions_files.read_captions(str(work / name)).to_pylist()
+        assert len(captions) == 24 * 4 and {r["strategy"] for r in captions} == {"pd", "nnd", "clipre", "vd"}
+    assert "in distribution" in result.stdout and "out of distribution" in result.stdout
     report = json.loads((work / "report.json").read_text())
+    assert [row["strategy"] for row in report["ood_table"]] == ["pd", "nnd", "clipre", "vd"]
+    assert report["nuisances"] == {"in distribution": "web", "out of distribution": "web-ood"}
     assert 0 <= report["memory_coverage"] <= 1
     assert {row["tau"] for row in report["table"] if row["strategy"] == "pd"} == {0.01, 0.1}
     assert (work / "tau_sweep.png").stat().st_size > 10_000

@@ -57,7 +57,7 @@ def test_projection_beats_decoding_the_image_embedding(toy_models):
     decoder = load_decoder(toy_models["decoder"])
     memory = SupportMemory.from_texts(clip, toyworld.sentences(0, "memory", 2000))
     scenes = toyworld.scenes(6, "eval", 200)
-    embeddings = clip.encode_images([toyworld.render(s, 128) for s in scenes])
+    embeddings = clip.encode_images([toyworld.render(s) for s in scenes])
     # a small memory (2,000 sentences) keeps this quick. Measured object recall pd/vd: 0.75/0.53 (demo's models,
     # 2026-11-28 machine kind), 0.81/0.70 (CI's fixture, 2026-12-01); exact captions 0.655/0.175 in the latter.
     # Object recall's gap moves with the fixture's training run; whole-caption accuracy separates them far more.

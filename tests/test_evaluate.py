@@ -174,3 +174,30 @@ def test_decap_evaluate_refuses_unmatched_keys_unless_asked_and_counts_them(run_
     assert "METEOR" not in report["strategies"]["pd"]
     assert cli.main([*flags, "--clip-model", "RN50"]) == 1
     assert "made with CLIP toy-clip:random, not RN50:random" in capsys.readouterr().err
+
+
+def test_decap_evaluate_puts_an_out_of_distribution_set_beside_the_first(run_output, tmp_path, capsys):
+    root, refs, truths = run_output
+    flags = ["evaluate", "--captions", str(root / "captions"), "--references", str(root / "refs.jsonl"),
+             "--toy-truth", f"{root}/archive/*.parquet", "--no-meteor", "--output", str(tmp_path / "scores")]
+    assert cli.main([*flags, "--ood-captions", str(root / "captions-emb")]) == 1
+    assert capsys.readouterr().err.strip() == "decap evaluate: error: --ood-captions needs --ood-references"
+    ood = ["--ood-captions", str(root / "captions-emb"), "--ood-references", str(root / "refs.jsonl"),
+           "--ood-toy-truth", f"{root}/archive/*.parquet"]
+    assert cli.main([*flags, *ood]) == 0
+    report = json.loads((tmp_path / "scores" / "metrics.json").read_text())
+    alone = json.loads(json.dumps(report["strategies"]))
+    second = report["out_of_distribution"]["strategies"]
+    assert set(second) == {"pd", "vd"} and report["out_of_distribution"]["captions"] == str(root / "captions-emb")
+    rows = captions_files.read_captions(str(root / "captions-emb")).to_pylist()
+    for strategy, result in second.items():
+        chosen = [r for r in rows if r["strategy"] == strategy]
+        expected = evaluation.object_scores([r["caption"] for r in chosen], [truths[r["key"]] for r in chosen])
+        assert result["toy"] == expected and result["scored"] == len(refs)
+        assert (tmp_path / "scores" / f"results-ood-{strategy}.json").exists()
+    text = (tmp_path / "scores" / "metrics.md").read_text()
+    robustness = text.split("Robustness (in distribution / out of distribution):")[1].strip().splitlines()
+    assert robustness[0] == "| strategy | CIDEr-D | BLEU-4 | CLIPScore | object_recall |"
+    pd_cells = robustness[2].split(" | ")
+    assert pd_cells[0] == "| pd" and pd_cells[4].rstrip(" |") == (
+        f"{alone['pd']['toy']['object_recall']:.1%} / {second['pd']['toy']['object_recall']:.1%}")

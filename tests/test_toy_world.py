@@ -1,6 +1,9 @@
+import math
+
 import numpy as np
 import pytest
 
+from decap_core.toy import looks
 from decap_core.toy import world as toyworld
 
 
@@ -41,7 +44,10 @@ def test_scenes_keep_their_rules():
             low, high = toyworld.SIZES[obj.size]
             assert low <= obj.radius <= high
             assert obj.radius <= obj.x <= 1 - obj.radius and obj.radius <= obj.y <= 1 - obj.radius
-        assert min(scene.background) >= 190
+        assert min(scene.background) >= 165
+        assert all(math.dist(scene.background, colour) >= looks.MIN_CONTRAST for colour in scene.look.object_colours)
+    for scene in toyworld.scenes(1, "clip", 100, nuisances="clean"):
+        assert min(scene.background) >= 190 and scene.look is None
 
 
 def test_captions_name_every_object_with_matching_size():
@@ -57,7 +63,7 @@ def test_captions_name_every_object_with_matching_size():
 
 @pytest.mark.parametrize("size", [64, 128, 96])
 def test_renders_at_any_size_with_object_colours(size):
-    scene = toyworld.scenes(3, "eval", 1, num_objects=1)[0]
+    scene = toyworld.scenes(3, "eval", 1, num_objects=1, nuisances="clean")[0]
     pixels = np.asarray(toyworld.render(scene, size)).reshape(-1, 3).astype(int)
     assert pixels.shape[0] == size * size
     colour = np.array(toyworld.COLOURS[scene.objects[0].colour])

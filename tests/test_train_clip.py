@@ -14,7 +14,7 @@ from jobs import train_clip as train_clip_job
 
 def first_batches(workers: int, count: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
     spawn = {"multiprocessing_context": "spawn"} if workers else {}
-    loader = torch.utils.data.DataLoader(ToyPairs("toy-clip", seed=3, batch_size=4, render_size=32),
+    loader = torch.utils.data.DataLoader(ToyPairs("toy-clip", seed=3, batch_size=4, nuisances="web"),
                                          batch_size=None, num_workers=workers, **spawn)
     return list(itertools.islice(loader, count))
 
@@ -42,7 +42,7 @@ def test_two_cpu_trainings_of_one_seed_give_the_same_weights(tmp_path, two_threa
     weights = []
     for run in ("first", "second"):
         out = str(tmp_path / f"{run}.safetensors")
-        settings = ClipTrainSettings(steps=30, batch_size=64, warmup=5, render_size=64, eval_count=10, device="cpu")
+        settings = ClipTrainSettings(steps=30, batch_size=64, warmup=5, eval_count=10, device="cpu")
         train_clip(out, settings)
         weights.append(load_file(out))
     assert weights[0].keys() == weights[1].keys()
@@ -63,7 +63,7 @@ def test_image_output_offset_sets_the_resnet_bias_and_refuses_other_towers():
 @pytest.mark.parametrize("bad, message", [
     ({"steps": 0}, "steps must be an integer >= 1, got 0"),
     ({"lr": float("inf")}, "lr must be a finite number > 0, got inf"),
-    ({"render_size": 0}, "render_size must be an integer >= 1"),
+    ({"nuisances": "webb"}, "unknown nuisance setting 'webb'; choose one of clean, web, web-ood"),
     ({"workers": -1}, "workers must be an integer >= 0"),
     ({"image_offset": -1.0}, "image_offset must be a finite number >= 0"),
     ({"device": "tpu"}, "device must be cpu or cuda, got 'tpu'"),

@@ -18,9 +18,12 @@ from webdataset.writer import TarWriter
 from decap_core.toy import world as toyworld
 
 
-def write_scene_shards(scenes: Sequence[toyworld.Scene], directory: str, per_shard: int = 100, size: int = 128,
-                       seed: int = 0) -> dict[str, frozenset]:
-    """Render ``scenes`` into tars of ``per_shard`` under ``directory``; returns each key's true object set."""
+def write_scene_shards(scenes: Sequence[toyworld.Scene], directory: str, per_shard: int = 100,
+                       size: int | None = None, seed: int = 0) -> dict[str, frozenset]:
+    """Render ``scenes`` (at ``size``, default their looks' sizes) into tars of ``per_shard`` under ``directory``.
+
+    Returns each key's true object set.
+    """
     fs, root = fsspec.core.url_to_fs(directory.rstrip("/"))
     fs.makedirs(root, exist_ok=True)
     rng = toyworld.split_rng(seed, "eval")

@@ -124,3 +124,23 @@ def format_table(rows: Sequence[dict]) -> str:
             f"{row['strategy']:<10}{tau:>8}{row['object_recall']:>16.1%}{row['exact']:>13.1%}{row['hallucination']:>11.1%}"
         )
     return "\n".join(lines)
+
+
+def format_side_by_side(tables: Mapping[str, Sequence[dict]]) -> str:
+    """Several sets' strategy tables in one: objects named and exact sets per set, rows matched on strategy and tau.
+
+    Rows that only the first set has (extra taus) show ``-`` for the others.
+    """
+    names = list(tables)
+    scored = {name: {(row["strategy"], row["tau"]): row for row in rows} for name, rows in tables.items()}
+    header = f"{'':<18}" + "".join(f"{name:^28}" for name in names)
+    columns = f"{'strategy':<10}{'tau':>8}" + f"{'objects named':>16}{'exact sets':>12}" * len(names)
+    lines = [header.rstrip(), columns]
+    for row in tables[names[0]]:
+        tau = f"{row['tau']:g}" if row["tau"] is not None else "-"
+        cells = ""
+        for name in names:
+            other = scored[name].get((row["strategy"], row["tau"]))
+            cells += f"{other['object_recall']:>16.1%}{other['exact']:>12.1%}" if other else f"{'-':>16}{'-':>12}"
+        lines.append(f"{row['strategy']:<10}{tau:>8}{cells}")
+    return "\n".join(lines)

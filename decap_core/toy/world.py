@@ -15,6 +15,9 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from decap_core.toy import looks
+from decap_core.toy.looks import Look, Nuisances
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
     "green": (35, 160, 55),
@@ -29,6 +32,7 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 SIZES: dict[str, tuple[float, float]] = {"small": (0.07, 0.10), "large": (0.15, 0.19)}
 MAX_OBJECTS = 3
 SPLITS = ("clip", "decoder", "memory", "eval")
+DEFAULT_SIDE = 128  # render size of a scene whose look does not set one
 
 _ONE = (
     "a {0}",
@@ -81,10 +85,15 @@ class ToyObject:
 
 @dataclass(frozen=True)
 class Scene:
-    """A light background colour and one to three objects of distinct colours."""
+    """A light background colour and one to three objects of distinct colours, and how it is drawn.
+
+    ``look`` holds the image's nuisances (``decap_core.toy.looks``); ``None`` is the clean world:
+    a flat background and the named colours, drawn at the size asked for.
+    """
 
     background: tuple[int, int, int]
     objects: tuple[ToyObject, ...]
+    look: Look | None = None
 
     def object_set(self) -> frozenset[tuple[str, str]]:
         """The ``(colour, shape)`` pairs in the scene: what quality is judged on."""
@@ -99,12 +108,19 @@ def split_rng(seed: int, split: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def sample_scene(rng: np.random.Generator, num_objects: int | None = None) -> Scene:
-    """Draw a scene: 1 to 3 non-overlapping objects, distinct colours, varied sizes and places."""
+def sample_scene(rng: np.random.Generator, num_objects: int | None = None,
+                 nuisances: Nuisances = looks.NUISANCES["web"]) -> Scene:
+    """Draw a scene: 1 to 3 non-overlapping objects, distinct colours, varied sizes and places.
+
+    With any ``nuisances`` but ``clean`` the scene's look is drawn from its ranges after the objects
+    (the clean world's draws, and so its scenes, are those of earlier versions).
+    """
     count = int(rng.integers(1, MAX_OBJECTS + 1)) if num_objects is None else num_objects
     colours = rng.choice(len(COLOURS), size=count, replace=False)
-    level = rng.uniform(215, 250)
-    background = tuple(int(np.clip(level + rng.uniform(-12, 12), 190, 255)) for _ in range(3))
+    clean = nuisances.name == "clean"
+    if clean:
+        level = rng.uniform(215, 250)
+        background = tuple(int(np.clip(level + rng.uniform(-12, 12), 190, 255)) for _ in range(3))
     while True:  # rejection sampling; three large objects always fit in the unit square
         objects = []
         for colour_index in colours:
@@ -121,7 +137,11 @@ def sample_scene(rng: np.random.Generator, num_objects: int | None = None) -> Sc
                 )
             )
         if _no_overlap(objects):
-            return Scene(background=background, objects=tuple(objects))
+            break
+    if clean:
+        return Scene(background=background, objects=tuple(objects))
+    look = looks.draw_look(rng, nuisances, [COLOURS[o.colour] for o in objects])
+    return Scene(background=look.background, objects=tuple(objects), look=look)
 
 
 def _no_overlap(objects: Sequence[ToyObject], margin: float = 0.02) -> bool:
@@ -132,39 +152,50 @@ def _no_overlap(objects: Sequence[ToyObject], margin: float = 0.02) -> bool:
     return True
 
 
-def render(scene: Scene, size: int = 128, supersample: int = 4) -> Image.Image:
-    """Draw the scene as an RGB image of ``size`` x ``size`` pixels.
+def render(scene: Scene, size: int | None = None, supersample: int = 4) -> Image.Image:
+    """Draw the scene as an RGB image of ``size`` x ``size`` pixels (default: its look's size, else 128).
 
-    Shapes are drawn ``supersample`` times larger and downscaled, for smooth edges at every size.
+    Shapes are drawn ``supersample`` times larger and downscaled, for smooth edges at every size;
+    then the look's blur, noise, vignette and JPEG compression are applied.
     """
+    look = scene.look or Look(background=scene.background)
+    size = size or look.side or DEFAULT_SIDE
     side = size * supersample
-    image = Image.new("RGB", (side, side), scene.background)
+    image = looks.background_image(look, side)
     draw = ImageDraw.Draw(image)
-    for obj in scene.objects:
-        _draw_shape(draw, obj, side)
-    return image.resize((size, size), Image.Resampling.LANCZOS)
+    count = len(scene.objects)
+    fills = look.object_colours or tuple(COLOURS[o.colour] for o in scene.objects)
+    for obj, fill, turn, stretch in zip(scene.objects, fills, look.shape_turns or (0.0,) * count,
+                                        look.shape_stretches or (1.0,) * count):
+        draw.polygon(_turned_outline(obj, side, turn, stretch), fill=fill)
+    return looks.finish(image.resize((size, size), Image.Resampling.LANCZOS), look)
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, obj: ToyObject, side: int) -> None:
-    cx, cy, r = obj.x * side, obj.y * side, obj.radius * side
-    fill = COLOURS[obj.colour]
-    if obj.shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif obj.shape == "square":
+def _outline(shape: str, r: float) -> list[tuple[float, float]]:
+    """The shape's corners around the origin (a circle as a 48-gon), as the clean drawing has them."""
+    if shape == "circle":
+        return _regular_polygon(0, 0, r, 48)
+    if shape == "square":
         h = r * 0.85
-        draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=fill)
-    elif obj.shape == "triangle":
-        draw.polygon(_regular_polygon(cx, cy, r, 3), fill=fill)
-    elif obj.shape == "star":
-        outer = _regular_polygon(cx, cy, r, 5)
-        inner = _regular_polygon(cx, cy, r * 0.42, 5, offset=math.pi / 5)
-        draw.polygon([p for pair in zip(outer, inner) for p in pair], fill=fill)
-    elif obj.shape == "cross":
-        arm = r * 0.33
-        draw.rectangle((cx - r, cy - arm, cx + r, cy + arm), fill=fill)
-        draw.rectangle((cx - arm, cy - r, cx + arm, cy + r), fill=fill)
-    else:
-        raise ValueError(f"unknown shape {obj.shape!r}")
+        return [(-h, -h), (h, -h), (h, h), (-h, h)]
+    if shape == "triangle":
+        return _regular_polygon(0, 0, r, 3)
+    if shape == "star":
+        outer, inner = _regular_polygon(0, 0, r, 5), _regular_polygon(0, 0, r * 0.42, 5, offset=math.pi / 5)
+        return [p for pair in zip(outer, inner) for p in pair]
+    if shape == "cross":
+        a = r * 0.33
+        return [(-a, -r), (a, -r), (a, -a), (r, -a), (r, a), (a, a), (a, r), (-a, r), (-a, a), (-r, a), (-r, -a),
+                (-a, -a)]
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _turned_outline(obj: ToyObject, side: int, turn: float, stretch: float) -> list[tuple[float, float]]:
+    """The outline stretched (width by ``stretch``, height by its inverse) and turned ``turn`` degrees."""
+    cx, cy, r = obj.x * side, obj.y * side, obj.radius * side
+    cos, sin = math.cos(math.radians(turn)), math.sin(math.radians(turn))
+    points = [(x * stretch, y / stretch) for x, y in _outline(obj.shape, r)]
+    return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in points]
 
 
 def _regular_polygon(
@@ -192,7 +223,7 @@ def rebind(scene: Scene, rng: np.random.Generator) -> Scene:
         new = list(shapes)
         new[0] = str(rng.choice([s for s in SHAPES if s != shapes[0]]))
     objects = tuple(ToyObject(o.colour, shape, o.size, o.x, o.y, o.radius) for o, shape in zip(scene.objects, new))
-    return Scene(background=scene.background, objects=objects)
+    return Scene(background=scene.background, objects=objects, look=scene.look)
 
 
 def object_phrase(obj: ToyObject, with_size: bool) -> str:
@@ -224,25 +255,27 @@ def parse_sized_objects(text: str) -> list[tuple[str | None, str, str]]:
 
 def sentences(seed: int, split: str, count: int) -> list[str]:
     """``count`` grammar sentences from one split's stream (text only: decoder or memory corpora)."""
-    rng = split_rng(seed, split)
-    return [caption(sample_scene(rng), rng) for _ in range(count)]
+    rng, clean = split_rng(seed, split), looks.NUISANCES["clean"]  # no looks to draw: the sentences of earlier versions
+    return [caption(sample_scene(rng, nuisances=clean), rng) for _ in range(count)]
 
 
-def scenes(seed: int, split: str, count: int, num_objects: int | None = None) -> list[Scene]:
-    """``count`` scenes from one split's stream."""
-    rng = split_rng(seed, split)
-    return [sample_scene(rng, num_objects) for _ in range(count)]
+def scenes(seed: int, split: str, count: int, num_objects: int | None = None,
+           nuisances: str = "web") -> list[Scene]:
+    """``count`` scenes from one split's stream, looking as the named ``nuisances`` setting draws them."""
+    rng, setting = split_rng(seed, split), looks.nuisances(nuisances)
+    return [sample_scene(rng, num_objects, setting) for _ in range(count)]
 
 
-def pairs(seed: int, split: str = "clip", rebound_twins: bool = True) -> Iterator[tuple[Scene, str]]:
+def pairs(seed: int, split: str = "clip", rebound_twins: bool = True,
+          nuisances: str = "web") -> Iterator[tuple[Scene, str]]:
     """An endless stream of (scene, caption) pairs for contrastive training.
 
     With ``rebound_twins`` every scene is followed by its ``rebind`` twin, so each batch holds hard
     negatives that differ only in which colour goes with which shape.
     """
-    rng = split_rng(seed, split)
+    rng, setting = split_rng(seed, split), looks.nuisances(nuisances)
     while True:
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, nuisances=setting)
         yield scene, caption(scene, rng)
         if rebound_twins:
             twin = rebind(scene, rng)

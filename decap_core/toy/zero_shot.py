@@ -7,6 +7,7 @@ import torch
 
 from decap_core import metrics
 from decap_core.clip import ClipModel
+from decap_core.toy import looks
 from decap_core.toy import world as toyworld
 
 
@@ -33,9 +34,9 @@ def encode_texts_batched(clip: ClipModel, texts: list[str], batch_size: int = 51
     return torch.cat([clip.encode_text(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
 
 
-def encode_scenes(clip: ClipModel, scenes: list[toyworld.Scene], size: int = 128,
+def encode_scenes(clip: ClipModel, scenes: list[toyworld.Scene], size: int | None = None,
                   batch_size: int = 128) -> torch.Tensor:
-    """Render each scene at ``size`` pixels and embed it with CLIP's own preprocessing."""
+    """Render each scene (at ``size`` pixels, default its look's) and embed it with CLIP's own preprocessing."""
     chunks = []
     for start in range(0, len(scenes), batch_size):
         images = [toyworld.render(scene, size) for scene in scenes[start : start + batch_size]]
@@ -43,10 +44,14 @@ def encode_scenes(clip: ClipModel, scenes: list[toyworld.Scene], size: int = 128
     return torch.cat(chunks)
 
 
-def clip_report(clip: ClipModel, seed: int, count: int = 300, size: int = 128) -> dict[str, float]:
-    """Zero-shot accuracy on held-out one- and two-object images, and the modality gap."""
-    singles = toyworld.scenes(seed, "eval", count, num_objects=1)
-    doubles = toyworld.scenes(seed + 1, "eval", count, num_objects=2)
+def clip_report(clip: ClipModel, seed: int, count: int = 300, size: int | None = None,
+                nuisances: str = "web") -> dict[str, float]:
+    """Zero-shot accuracy on held-out one- and two-object images, and the modality gap.
+
+    The images look as the named ``nuisances`` setting draws them (``decap_core.toy.looks``).
+    """
+    singles = toyworld.scenes(seed, "eval", count, num_objects=1, nuisances=nuisances)
+    doubles = toyworld.scenes(seed + 1, "eval", count, num_objects=2, nuisances=nuisances)
 
     prompts = single_object_prompts()
     prompt_embeddings = encode_texts_batched(clip, [text for _, text in prompts])
@@ -64,7 +69,7 @@ def clip_report(clip: ClipModel, seed: int, count: int = 300, size: int = 128) -
     pair_acc = sum(pair_prompts[int(b)][0] == s.object_set() for b, s in zip(best, doubles)) / len(doubles)
 
     rng = toyworld.split_rng(seed + 2, "eval")
-    mixed = [toyworld.sample_scene(rng) for _ in range(count)]
+    mixed = [toyworld.sample_scene(rng, nuisances=looks.nuisances(nuisances)) for _ in range(count)]
     gap = metrics.modality_gap(
         encode_scenes(clip, mixed, size),
         encode_texts_batched(clip, [toyworld.caption(s, rng) for s in mixed]),
