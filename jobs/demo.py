@@ -34,6 +34,7 @@ from decap_core.memory_files import load_memory
 from decap_core.toy import archive as toy_archive
 from decap_core.toy import evaluation, looks, plots, zero_shot
 from decap_core.toy import world as toyworld
+from jobs import report as html_report
 from jobs import train_clip, train_decoder
 from pipelines import build_memory, caption, make_train_shards
 
@@ -172,8 +173,6 @@ def run_demo(args: argparse.Namespace) -> dict:
     with fsspec.open(f"{work}/report.json", "w") as handle:
         json.dump(summary, handle, indent=1)
     print(f"done in {summary['seconds'] / 60:.1f} min; report: {work}/report.json")
-    from jobs import report as html_report
-
     html_report.run([  # prints "report: {work}/report/report.html"
         "--captions", f"{work}/captions", "--clip-checkpoint", clip_path, "--memory", f"{work}/memory",
         "--decoder", decoder_dir, "--toy-truth", f"{work}/archive/*.parquet", "--output", f"{work}/report",

@@ -32,3 +32,5 @@ def test_demo_runs_end_to_end_and_reports(toy_models, tmp_path):
     assert 0 <= report["memory_coverage"] <= 1
     assert {row["tau"] for row in report["table"] if row["strategy"] == "pd"} == {0.01, 0.1}
     assert (work / "tau_sweep.png").stat().st_size > 10_000
+    page = work / "report" / "report.html"
+    assert f"report: {page}" in result.stdout and page.stat().st_size > 50_000  # the demo ends with decap report
