@@ -187,3 +187,12 @@ def read_dead_letters(output: str) -> list[dict[str, Any]]:
             with fs.open(path, "r") as handle:
                 letters += [json.loads(line) for line in handle if line.strip()]
     return letters
+
+
+def first_row_per_key(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Caption rows by ``(key, strategy)``, in that sorted order; a key that two input shards share keeps its
+    first row by source."""
+    chosen: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: (r["strategy"], r["key"], r["source"])):
+        chosen.setdefault((row["key"], row["strategy"]), row)
+    return chosen

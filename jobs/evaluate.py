@@ -134,11 +134,11 @@ def _run_clip(name: str | None, checkpoint: str | None, rows: list[dict[str, Any
 
 
 def _by_strategy(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Rows per strategy, one per key: a key that two input shards share keeps its first row by source."""
-    grouped: dict[str, dict[str, dict[str, Any]]] = {}
-    for row in sorted(rows, key=lambda r: (r["strategy"], r["key"], r["source"])):
-        grouped.setdefault(row["strategy"], {}).setdefault(row["key"], row)
-    return {strategy: list(by_key.values()) for strategy, by_key in grouped.items()}
+    """Rows per strategy, one per key (``captions_files.first_row_per_key``)."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for (_, strategy), row in captions_files.first_row_per_key(rows).items():
+        grouped.setdefault(strategy, []).append(row)
+    return grouped
 
 
 def _score_strategy(rows: list[dict[str, Any]], matched: references.Matched, truths: dict | None, clip,

@@ -33,7 +33,7 @@ from decap_core.caption_inputs import plan_shards
 from decap_core.devices import default_device
 from decap_core.errors import DecapError
 from decap_core.image_decoding import ImageLimits
-from decap_core.report import ablations, build, examples, sample
+from decap_core.report import ablations, build, sample
 
 ROW_COLUMNS = ["key", "source", "strategy", "caption", "neighbors"]
 Read = TypeVar("Read")
@@ -126,7 +126,7 @@ def _load_models(args: argparse.Namespace, manifest: dict[str, Any]) -> CaptionM
 
 def _run_rows(args: argparse.Namespace, manifest: dict[str, Any]) -> build.RunRows:
     """The run's rows of the keys that have references (and toy truth), and those references."""
-    rows = examples.rows_by_key(_read("captions", args.captions,
+    rows = captions_files.first_row_per_key(_read("captions", args.captions,
                                       lambda: captions_files.read_captions(args.captions, ROW_COLUMNS)).to_pylist())
     refs = _read("references", args.references or args.toy_truth,
                  lambda: references.read_references(args.references or args.toy_truth))

@@ -3,7 +3,7 @@ the top memory neighbours and their pd weights (the captions' ``neighbors`` colu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from decap_core.toy import world as toyworld
 
@@ -19,14 +19,6 @@ class Example:
     captions: dict[str, str]
     exact: dict[str, bool] | None
     neighbors: list[tuple[str, float]]
-
-
-def rows_by_key(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Mapping[str, Any]]:
-    """Caption rows by ``(key, strategy)``; a key that two input shards share keeps its first row by source."""
-    chosen: dict[tuple[str, str], Mapping[str, Any]] = {}
-    for row in sorted(rows, key=lambda r: (r["strategy"], r["key"], r["source"])):
-        chosen.setdefault((row["key"], row["strategy"]), row)
-    return chosen
 
 
 def agreement(run_captions: Mapping[str, Sequence[str]], rows: Mapping[tuple[str, str], Mapping[str, Any]],
