@@ -16,9 +16,10 @@ from decap_core.toy import world as toyworld
 
 
 def test_toy_clip_sees_colour_and_shape_and_keeps_a_modality_gap(toy_models):
-    report = toy_models["clip_report"]  # zero-shot on held-out renders, made by train-clip itself
+    report = toy_models["clip_report"]  # zero-shot on held-out renders of the web world, made by train-clip itself
+    # two demo seeds (300 images, one thread): one object 100% / 99.0%, two 90.3% / 90.3%, centroid 0.457 / 0.429
     assert report["single_object_top1"] >= 0.95 and report["two_object_top1"] >= 0.8, report
-    assert report["centroid_distance"] >= 0.3 and report["matched_cosine"] < 0.95, report
+    assert report["centroid_distance"] >= 0.35 and report["matched_cosine"] < 0.95, report
 
 
 def test_caption_pipeline_captions_a_toy_archive_from_webdataset_tars(toy_models, tmp_path):
@@ -45,9 +46,9 @@ def test_caption_pipeline_captions_a_toy_archive_from_webdataset_tars(toy_models
         chosen = [r for r in rows if r["strategy"] == strategy]
         scores = evaluation.object_scores([r["caption"] for r in chosen], [truths[r["key"]] for r in chosen])
         recall[strategy] = scores["object_recall"]
-    # measured with this memory and tau in process: pd 0.75, vd 0.53 (200 images, the 2026-11-28 machine kind);
-    # pd 0.82, vd 0.66 (these 120 images, the 2026-12-01 kind, the demo's shard-trained decoder)
-    assert recall["pd"] > 0.6 and recall["pd"] > recall["vd"] + 0.10, recall
+    # measured with this memory and tau in process on the web world's 200 images of the next test, the demo's
+    # models of two seeds: pd 0.78 / 0.72, vd 0.44 / 0.46; this fixture's models on these 120 images: pd 0.75, vd 0.41
+    assert recall["pd"] > 0.6 and recall["pd"] > recall["vd"] + 0.15, recall
     pd_scores = [r["clip_score"] for r in rows if r["strategy"] == "pd"]
     assert sum(pd_scores) / len(pd_scores) > 0.3  # captions sit near their images in CLIP space
 
@@ -58,14 +59,14 @@ def test_projection_beats_decoding_the_image_embedding(toy_models):
     memory = SupportMemory.from_texts(clip, toyworld.sentences(0, "memory", 2000))
     scenes = toyworld.scenes(6, "eval", 200)
     embeddings = clip.encode_images([toyworld.render(s) for s in scenes])
-    # a small memory (2,000 sentences) keeps this quick. Measured object recall pd/vd: 0.75/0.53 (demo's models,
-    # 2026-11-28 machine kind), 0.81/0.70 (CI's fixture, 2026-12-01); exact captions 0.655/0.175 in the latter.
-    # Object recall's gap moves with the fixture's training run; whole-caption accuracy separates them far more.
+    # a small memory (2,000 sentences) keeps this quick. Measured on the web world with the demo's models of two
+    # seeds: object recall pd/vd 0.778/0.443 and 0.723/0.458, exact captions 0.625/0.085 and 0.545/0.040.
+    # This fixture (its CLIP is seed 0's, its decoder trained in process): 0.766/0.408 and 0.595/0.095.
     rows = evaluation.evaluate(Captioner(decoder, memory, tau=0.03), embeddings, [s.object_set() for s in scenes])
     by_strategy = {r["strategy"]: r for r in rows}
     pd, vd = by_strategy["pd"], by_strategy["vd"]
-    assert pd["object_recall"] > vd["object_recall"] + 0.05, rows  # the modality gap's harm, and projection's cure
-    assert pd["exact"] > vd["exact"] + 0.25, rows
+    assert pd["object_recall"] > vd["object_recall"] + 0.15, rows  # the modality gap's harm, and projection's cure
+    assert pd["exact"] > vd["exact"] + 0.30, rows
 
 
 def test_pd_from_each_images_own_caption_is_bounded_by_the_memory(toy_models):
