@@ -1,10 +1,11 @@
 """An artifact directory (a memory, a set of train shards, a captions output) and its marker file.
 
 The marker (``manifest.json``, ``vocab.json``) is what makes a directory a finished artifact:
-``begin`` removes an earlier one first, files are written, stale files of an earlier run are
-removed, and ``finish`` writes the marker last, so a failed or killed run never leaves a directory
-that reads as finished. ``write_atomically`` gives single files the same property: a temporary
-name, then a rename (atomic on local disks; on object stores a copy that appears whole).
+``begin`` removes an earlier one first (and the temporaries a killed run left), files are written,
+stale files of an earlier run are removed, and ``finish`` writes the marker last, so a failed or
+killed run never leaves a directory that reads as finished. ``write_atomically`` gives single files
+the same property: a temporary name, then a rename (atomic on local disks; on object stores a copy
+that appears whole).
 """
 from __future__ import annotations
 
@@ -17,15 +18,19 @@ import fsspec
 from decap_core.errors import DecapError
 from decap_core.filesystems import filesystem
 
+TEMPORARY_INFIX = ".tmp-"
+
 
 def begin(directory: str, marker: str, subdirectories: Sequence[str] = ()) -> None:
-    """Make the directory (and subdirectories) and unmark an earlier artifact there."""
+    """Make the directory (and subdirectories), unmark an earlier artifact there and delete the
+    temporary files (``write_atomically``'s) that a killed run left in them."""
     fs, root = _fs(directory)
     if fs.isfile(root):
         raise DecapError(f"output {directory} is a file, not a directory")
     try:
         for path in (root, *(f"{root}/{sub}" for sub in subdirectories)):
             fs.makedirs(path, exist_ok=True)
+            remove_stale(path, f"*{TEMPORARY_INFIX}*", ())
         if fs.exists(f"{root}/{marker}"):
             fs.rm(f"{root}/{marker}")
     except OSError as error:  # read-only, under a file, in a system folder
@@ -45,7 +50,7 @@ def remove_stale(directory: str, pattern: str, keep: Sequence[str]) -> list[str]
 def write_atomically(url: str, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Call ``write(handle)`` on a temporary file beside ``url``, then rename it to ``url``."""
     fs, path = fsspec.core.url_to_fs(url)
-    temporary = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    temporary = f"{path}{TEMPORARY_INFIX}{uuid.uuid4().hex[:12]}"
     try:
         with fs.open(temporary, mode) as handle:
             write(handle)

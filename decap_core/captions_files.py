@@ -141,7 +141,6 @@ def begin(output: str) -> None:
     artifacts.begin(output, MANIFEST, (ERRORS_DIR, DONE_DIR))
     for folder in ("", f"/{ERRORS_DIR}", f"/{DONE_DIR}"):
         artifacts.remove_stale(f"{output.rstrip('/')}{folder}", "*.partial-*", ())
-        artifacts.remove_stale(f"{output.rstrip('/')}{folder}", "*.tmp-*", ())
 
 
 def read_markers(output: str) -> list[ShardMarker]:

@@ -14,6 +14,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from decap_core import artifacts
 from decap_core.corpus import Sentence
 from decap_core.filesystems import filesystem
 
@@ -57,7 +58,7 @@ class SpillWriter:
         if not rows:
             return
         if group not in self._writers:
-            temporary = f"{self._prefix}-{group:05d}.parquet.tmp-{uuid.uuid4().hex[:12]}"
+            temporary = f"{self._prefix}-{group:05d}.parquet{artifacts.TEMPORARY_INFIX}{uuid.uuid4().hex[:12]}"
             handle = self._fs.open(temporary, "wb")
             self._writers[group] = (pq.ParquetWriter(handle, _SCHEMA), handle, temporary)
         columns = list(zip(*rows))

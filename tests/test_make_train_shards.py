@@ -80,9 +80,14 @@ def test_rerun_is_byte_identical_and_another_shard_size_replaces_the_shards(corp
     make(corpus, tmp_path)
     for shard in metadata["shards"]:
         assert (tmp_path / shard["name"]).read_bytes() == (output / shard["name"]).read_bytes()
+    left_by_a_killed_run = [tmp_path / "train-000004.tar.tmp-0123456789ab",
+                            tmp_path / "errors" / "dead-letters-00000-of-00001.jsonl.tmp-0123456789ab"]
+    for path in left_by_a_killed_run:
+        path.write_bytes(b"half a file")
     again = make(corpus, tmp_path, "--samples-per-shard", "100", "--seed", "7")
     expected_names = [f"train-00000{i}.tar" for i in range(3)] + ["valid-000000.tar"]
     assert sorted(p.name for p in tmp_path.glob("*.tar")) == expected_names
+    assert [path for path in left_by_a_killed_run if path.exists()] == []
     assert train_shards.read_vocab(str(tmp_path)).plan.seed == 7 and again["samples"] == metadata["samples"]
     assert {s.text for s in read_all(again, "valid")} != {s.text for s in read_all(metadata, "valid")}
 
