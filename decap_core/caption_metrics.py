@@ -11,7 +11,11 @@ and ``max(max_r cos(caption, r), 0)`` over the references ``r``.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import contextlib
+import os
+import sys
+import tempfile
+from typing import BinaryIO, Iterator, Mapping, Sequence
 
 import numpy as np
 from pycocoevalcap.bleu.bleu import Bleu
@@ -29,15 +33,37 @@ CLIP_SCORE_WEIGHT = 2.5
 
 
 def tokenize(texts: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """PTB-tokenised sentences per key, in the order given (Java's Stanford tokenizer)."""
-    try:
-        tokens = PTBTokenizer().tokenize({key: [{"caption": text} for text in sentences]
-                                          for key, sentences in texts.items()})
-    except FileNotFoundError:
-        raise DecapError("java was not found: the PTB tokenizer and METEOR of pycocoevalcap need Java") from None
-    if any(len(tokens.get(key, ())) != len(sentences) for key, sentences in texts.items()):
-        raise DecapError("the PTB tokenizer returned another number of sentences than it was given")
+    """PTB-tokenised sentences per key, in the order given (Java's Stanford tokenizer).
+
+    Java's progress line ("PTBTokenizer tokenized N tokens at ...") is kept off the terminal; what
+    Java wrote is in the error when tokenizing fails.
+    """
+    with tempfile.TemporaryFile() as java_stderr:
+        try:
+            with _stderr_to(java_stderr):
+                tokens = PTBTokenizer().tokenize({key: [{"caption": text} for text in sentences]
+                                                  for key, sentences in texts.items()})
+        except FileNotFoundError:
+            raise DecapError("java was not found: the PTB tokenizer and METEOR of pycocoevalcap need Java") from None
+        if any(len(tokens.get(key, ())) != len(sentences) for key, sentences in texts.items()):
+            java_stderr.seek(0)
+            said = java_stderr.read().decode(errors="replace").strip().splitlines()
+            raise DecapError("the PTB tokenizer returned another number of sentences than it was given"
+                             + (f" (java: {said[-1]})" if said else ""))
     return tokens
+
+
+@contextlib.contextmanager
+def _stderr_to(sink: BinaryIO) -> Iterator[None]:
+    """Point file descriptor 2, which child processes inherit, at ``sink`` for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def coco_scores(references: Mapping[str, Sequence[str]], candidates: Mapping[str, str],

@@ -44,6 +44,12 @@ def test_bleu_and_cider_d_wrappers_return_what_pycocoevalcap_returns_and_bleu1_b
     assert 0 < ours["ROUGE-L"] < 1 and "METEOR" not in ours
 
 
+def test_tokenizing_keeps_javas_progress_line_off_the_terminal(capfd):
+    tokens = caption_metrics.tokenize({"1": ["A red circle, next to a blue square."]})
+    assert tokens == {"1": ["a red circle next to a blue square"]}
+    assert "PTBTokenizer" not in capfd.readouterr().err
+
+
 def test_clip_score_and_ref_clip_score_follow_hessel_et_al():
     assert caption_metrics.clip_scores([0.3, -0.2]).tolist() == pytest.approx([0.75, 0.0])
     scores = caption_metrics.ref_clip_scores(np.array([0.75, 0.0, 0.5]), np.array([0.5, 0.9, -0.1]))
