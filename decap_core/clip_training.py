@@ -19,7 +19,7 @@ from safetensors.torch import save as save_safetensors
 from tqdm import tqdm
 
 from decap_core.clip import create_model, encode_tokens_packed, list_models, load_clip
-from decap_core.devices import default_device, repeatable_on_cpu
+from decap_core.devices import cores_left_to, default_device, repeatable_on_cpu
 from decap_core.errors import DecapError
 from decap_core.optim import ClippedAdamW
 from decap_core.settings import AT_LEAST_ONE, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, described, require
@@ -47,7 +47,7 @@ class ClipTrainSettings:
     eval_count: int = described(300, "held-out images of the report")
     image_offset: float = described(
         25.0, "length of the image tower's starting output bias, which widens the modality gap (0: none)")
-    workers: int = described(1, "loader processes rendering the pairs")
+    workers: int = described(1, "loader processes rendering the pairs (on the CPU, training takes the cores left)")
     device: str | None = described(None, "cpu or cuda (default: cuda when there is one)")
 
     def __post_init__(self) -> None:
@@ -127,7 +127,7 @@ def train_clip(out: str, settings: ClipTrainSettings | None = None) -> dict[str,
     )
     progress = tqdm(zip(range(s.steps), loader), total=s.steps, desc="train-clip", unit="step")
     started = time.time()
-    with repeatable_on_cpu(device):
+    with repeatable_on_cpu(device), cores_left_to(s.workers, device):
         for _, (pixels, tokens) in progress:
             pixels, tokens = pixels.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
             channels_last = pixels.contiguous(memory_format=torch.channels_last)

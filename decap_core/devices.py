@@ -42,3 +42,20 @@ def repeatable_on_cpu(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+@contextlib.contextmanager
+def cores_left_to(loaders: int, device: torch.device) -> Iterator[None]:
+    """On the CPU, torch threads only on the cores that ``loaders`` loader processes leave free.
+
+    Measured on 2 cores training the toy CLIP with one rendering loader: 2 torch threads spin on
+    both cores and starve the loader (1.71 s a step); 1 thread leaves it a core (1.49-1.55 s).
+    """
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and loaders:
+        torch.set_num_threads(max(1, threads - loaders))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+

@@ -34,6 +34,7 @@ from decap_core import caption_metrics, captions_files, references
 from decap_core.clip import load_clip
 from decap_core.errors import DecapError
 from decap_core.toy import evaluation
+from jobs.flags import add_run_flags
 
 FORMAT = "decap-evaluation/1"
 ROW_COLUMNS = ["key", "source", "strategy", "caption", "tau", "clip_score", "clip_fingerprint"]
@@ -42,14 +43,10 @@ ROW_COLUMNS = ["key", "source", "strategy", "caption", "tau", "clip_score", "cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="decap evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--captions", required=True, help="captions output directory written by decap caption")
+    add_run_flags(parser, "for RefCLIPScore")
     parser.add_argument("--references", required=True,
                         help="COCO-style .json (images + annotations), or .jsonl / .parquet of key + captions")
     parser.add_argument("--output", required=True, help="directory for metrics.json, metrics.md, results-*.json")
-    parser.add_argument("--clip-model", default=None, help="the run's CLIP architecture, for RefCLIPScore")
-    parser.add_argument("--clip-checkpoint", default=None, help="the run's CLIP weights (path or fsspec URL)")
-    parser.add_argument("--toy-truth", default=None,
-                        help="the toy world's archive Parquet (glob) of key + caption: object recall, exact, invented")
     parser.add_argument("--ood-captions", default=None,
                         help="a captions output of the same models on an out-of-distribution set, scored beside it")
     parser.add_argument("--ood-references", default=None, help="references of the --ood-captions set")

@@ -47,3 +47,13 @@ def settings_from(settings_type: type[Settings], args: argparse.Namespace, **giv
 def changed_flags(settings_type: type, args: argparse.Namespace, skip: Collection[str] = ()) -> list[str]:
     """The flags of ``settings_type``'s fields that the command line set to other than their default."""
     return [flag_name(f.name) for f in _flag_fields(settings_type, skip) if getattr(args, f.name) != f.default]
+
+
+def add_run_flags(parser: argparse.ArgumentParser, clip_use: str) -> None:
+    """The flags that name a captioning run to score: its captions output and its CLIP (for ``clip_use``)."""
+    parser.add_argument("--captions", required=True, help="captions output directory written by decap caption")
+    parser.add_argument("--clip-model", default=None, help=f"the run's CLIP architecture ({clip_use})")
+    parser.add_argument("--clip-checkpoint", default=None, help="the run's CLIP weights (path or fsspec URL)")
+    parser.add_argument("--toy-truth", default=None,
+                        help="the toy world's archive Parquet (glob) of key + caption: objects named, exact sets and "
+                             "invented objects")

@@ -34,6 +34,7 @@ from decap_core.devices import default_device
 from decap_core.errors import DecapError
 from decap_core.image_decoding import ImageLimits
 from decap_core.report import ablations, build, sample
+from jobs.flags import add_run_flags
 
 ROW_COLUMNS = ["key", "source", "strategy", "caption", "neighbors"]
 Read = TypeVar("Read")
@@ -49,16 +50,12 @@ def floats(text: str) -> list[float]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="decap report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--captions", required=True, help="captions output directory written by decap caption")
+    add_run_flags(parser, "default: its manifest's")
     parser.add_argument("--output", required=True, help="directory for report.html, report.json and the PNGs")
-    parser.add_argument("--clip-model", default=None, help="the run's CLIP architecture (default: its manifest's)")
-    parser.add_argument("--clip-checkpoint", default=None, help="the run's CLIP weights (path or fsspec URL)")
     parser.add_argument("--memory", required=True, help="the run's support memory directory")
     parser.add_argument("--decoder", required=True, help="the run's decoder directory")
     parser.add_argument("--references", default=None,
                         help="COCO-style .json, or .jsonl / .parquet of key + captions (default: the toy truth's)")
-    parser.add_argument("--toy-truth", default=None,
-                        help="the toy world's archive Parquet (glob) of key + caption: objects named")
     parser.add_argument("--images", action="extend", nargs="+", default=None,
                         help="where the run's inputs are now (fsspec globs; default: the manifest's input shards)")
     parser.add_argument("--sample", type=int, default=300, help="keys to look at (seeded; all when fewer)")

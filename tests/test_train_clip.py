@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from decap_core.clip import create_model
 from decap_core.clip_training import ClipTrainSettings, ToyPairs, offset_image_output, train_clip
+from decap_core.devices import cores_left_to
 from decap_core.errors import DecapError
 from jobs import train_clip as train_clip_job
 
@@ -42,11 +43,22 @@ def test_two_cpu_trainings_of_one_seed_give_the_same_weights(tmp_path, two_threa
     weights = []
     for run in ("first", "second"):
         out = str(tmp_path / f"{run}.safetensors")
-        settings = ClipTrainSettings(steps=30, batch_size=64, warmup=5, eval_count=10, device="cpu")
+        settings = ClipTrainSettings(steps=30, batch_size=64, warmup=5, eval_count=10, device="cpu",
+                                     workers=0)  # rendering in process: the training keeps both threads
         train_clip(out, settings)
         weights.append(load_file(out))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_training_leaves_the_loaders_their_cores_and_gives_the_threads_back(two_threads):
+    with cores_left_to(1, torch.device("cpu")):
+        assert torch.get_num_threads() == 1
+    with cores_left_to(0, torch.device("cpu")):
+        assert torch.get_num_threads() == 2
+    with cores_left_to(5, torch.device("cpu")):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
 
 
 def test_image_output_offset_sets_the_resnet_bias_and_refuses_other_towers():
