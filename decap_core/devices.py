@@ -58,4 +58,3 @@ def cores_left_to(loaders: int, device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
