@@ -91,7 +91,7 @@ def run() -> str:
     peaks.append(matmul_peak())
     peak = max(peaks)
     single_rate, single_gflops, single_peak = one_thread(toy, toy_prefixes)
-    toy_name = f"toy ({toy.num_parameters() / 1e6:.1f}M parameters, width 192)"
+    toy_name = f"toy ({toy.num_parameters() / 1e6:.1f}M parameters, width {toy.config.n_embd})"
     return "\n".join([
         f"## Decoding speed ({STEPS} tokens a caption, greedy, random weights, no row ends early)",
         "",

@@ -36,7 +36,7 @@ class ClipTrainSettings:
     """The toy CLIP trainer's settings, checked when made."""
 
     clip_model: str = described("toy-clip", "open_clip architecture to train (a toy config)")
-    steps: int = 800
+    steps: int = 1100
     batch_size: int = 128
     lr: float = 1e-3
     warmup: int = described(50, "steps of linear learning-rate warm-up")

@@ -38,7 +38,8 @@ from jobs import report as html_report
 from jobs import train_clip, train_decoder
 from pipelines import build_memory, caption, make_train_shards
 
-DEFAULT_TAUS = (0.003, 0.01, 0.02, 0.03, 0.05, 0.1)
+DEFAULT_TAUS = (0.003, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1)
+DECODER_STEPS = 1500
 
 
 def write_sentences(url: str, texts: list[str]) -> str:
@@ -189,12 +190,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how the CLIP's training images and the in-distribution held-out images vary")
     parser.add_argument("--ood-nuisances", default="web-ood", choices=list(looks.NUISANCES),
                         help="how the out-of-distribution held-out images vary")
-    parser.add_argument("--clip-steps", type=int, default=800)
-    parser.add_argument("--decoder-steps", type=int, default=2000)
+    parser.add_argument("--clip-steps", type=int, default=1100)
+    parser.add_argument("--decoder-steps", type=int, default=DECODER_STEPS)
     parser.add_argument("--decoder-lr", type=float, default=1e-3)
     parser.add_argument("--decoder-sentences", type=int, default=30000)
     parser.add_argument("--memory-sentences", type=int, default=14000)
-    parser.add_argument("--eval-images", type=int, default=500)
+    parser.add_argument("--eval-images", type=int, default=1000)
     parser.add_argument("--tau", type=float, default=None,
                         help="pd's temperature (default: the best of --taus on --validation-images images)")
     parser.add_argument("--validation-images", type=int, default=1500)

@@ -24,13 +24,14 @@ def toy_models(tmp_path_factory):
     from decap_core.clip import load_clip
     from decap_core.clip_training import ClipTrainSettings, train_clip
     from decap_core.training import TrainSettings, train_on_texts
+    from jobs.demo import DECODER_STEPS
 
     root = tmp_path_factory.mktemp("toy-models")
     clip_path = str(root / "toy-clip.safetensors")
     report = train_clip(clip_path, ClipTrainSettings(eval_count=100))
     clip = load_clip("toy-clip", clip_path)
     texts = toyworld.sentences(0, "decoder", 30000)
-    train_on_texts(clip, texts, str(root / "decoder"), "toy", TrainSettings())
+    train_on_texts(clip, texts, str(root / "decoder"), "toy", TrainSettings(steps=DECODER_STEPS))
     return {"clip": clip_path, "decoder": str(root / "decoder"), "clip_report": report, "root": root}
 
 
