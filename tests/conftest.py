@@ -11,10 +11,10 @@ from decap_core.toy import world as toyworld  # noqa: E402
 
 @pytest.fixture(scope="session")
 def toy_models(tmp_path_factory):
-    """A toy CLIP and decoder, trained once per test run (about 9 minutes on 2 cores). The CLIP is
+    """A toy CLIP and decoder, trained once per test run (about 17 minutes on 2 cores). The CLIP is
     the demo's (its CPU training is deterministic, so with the demo's thread count it is the same
-    model); the decoder has the demo's settings but trains in process, not from shards, so its data
-    order and weights differ from the demo's.
+    model); the decoder has the demo's settings (its steps too) but trains in process, not from
+    shards, so its data order and weights differ from the demo's.
 
     Shorter runs did not make the models the captioning tests judge: after 250 steps the CLIP
     scored 74% on held-out single objects and 26% on pairs; a decoder of 1,000 steps at lr 2e-3 on

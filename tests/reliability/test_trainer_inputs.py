@@ -113,7 +113,8 @@ def test_a_vocabulary_is_refused_when_too_much_of_the_text_falls_outside_it():
 def test_exact_reconstruction_counts_only_sentences_rebuilt_word_for_word():
     torch.manual_seed(0)
     vocab = CompactVocab.from_counts({START_ID: 1, END_ID: 1, **{token: 1 for token in range(400, 420)}})
-    model = Decoder(DecoderConfig.named("toy", vocab_size=len(vocab), prefix_dim=16)).eval()
+    # width 192: a random decoder of it ends about a quarter of its decodes within max_tokens (128: 1 in 200)
+    model = Decoder(DecoderConfig.named("toy", vocab_size=len(vocab), prefix_dim=16, n_embd=192)).eval()
     cpu, banned = torch.device("cpu"), (UNK, vocab.start_id)
     embeddings = torch.nn.functional.normalize(torch.randn(200, 16), dim=-1)
     decoded = model.generate(embeddings, end_id=vocab.end_id, pad_id=PAD, banned_ids=banned)
