@@ -28,6 +28,7 @@ import fsspec
 from decap_core import captions_files, projection
 from decap_core.captioner import Captioner
 from decap_core.clip import load_clip
+from decap_core.clip_training import ClipTrainSettings
 from decap_core.decoder_files import load_decoder
 from decap_core.memory import SupportMemory
 from decap_core.memory_files import load_memory
@@ -190,7 +191,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how the CLIP's training images and the in-distribution held-out images vary")
     parser.add_argument("--ood-nuisances", default="web-ood", choices=list(looks.NUISANCES),
                         help="how the out-of-distribution held-out images vary")
-    parser.add_argument("--clip-steps", type=int, default=1100)
+    parser.add_argument("--clip-steps", type=int, default=ClipTrainSettings.steps)  # the test fixture's CLIP
     parser.add_argument("--decoder-steps", type=int, default=DECODER_STEPS)
     parser.add_argument("--decoder-lr", type=float, default=1e-3)
     parser.add_argument("--decoder-sentences", type=int, default=30000)
