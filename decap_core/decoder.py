@@ -55,10 +55,11 @@ class DecoderConfig:
 
 
 class KVCache:
-    """Keys and values of every layer, preallocated for ``capacity`` positions: ``[N, H, T, d]`` each.
+    """Keys and values of every layer, preallocated for ``capacity`` positions: ``[T, N, H, d]`` each.
 
-    A step writes its keys and values in place after the ``length`` filled positions and attends
-    over the filled prefix; nothing moves unless rows are reordered or dropped (``select``).
+    A step writes its keys and values in place after the ``length`` filled positions (one contiguous
+    block a step) and attends over the filled prefix; nothing moves unless rows are reordered or
+    dropped (``select``).
     """
 
     def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int = 0):
@@ -67,12 +68,12 @@ class KVCache:
 
     @classmethod
     def empty(cls, config: DecoderConfig, rows: int, capacity: int, like: torch.Tensor) -> "KVCache":
-        shape = (rows, config.n_head, capacity, config.n_embd // config.n_head)
+        shape = (capacity, rows, config.n_head, config.n_embd // config.n_head)
         return cls([(like.new_empty(shape), like.new_empty(shape)) for _ in range(config.n_layer)])
 
     def select(self, index: torch.Tensor) -> "KVCache":
         """A cache of rows ``index`` (beam reordering, dropping finished rows)."""
-        return KVCache([(k.index_select(0, index), v.index_select(0, index)) for k, v in self.layers], self.length)
+        return KVCache([(k.index_select(1, index), v.index_select(1, index)) for k, v in self.layers], self.length)
 
 
 class CausalSelfAttention(nn.Module):
@@ -84,21 +85,27 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None, start: int = 0):
-        """``cache``: this layer's buffers, filled before ``start``; ``x`` is written after them."""
+        """Causal attention over ``x``; with ``cache`` (this layer's buffers, filled before ``start``),
+        ``x`` is one new position a row, written after them, attending to every filled position."""
         batch, length, width = x.shape
         q, k, v = self.qkv(x).split(width, dim=2)
-        q, k, v = (t.view(batch, length, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
-        if cache is not None:
-            end = start + length
-            cache[0][:, :, start:end] = k
-            cache[1][:, :, start:end] = v
-            k, v = cache[0][:, :, :end], cache[1][:, :, :end]
-        # New positions come last and may see every earlier one; the causal mask is only needed
-        # among the new positions themselves, which is when nothing came before them.
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=start == 0 and length > 1, dropout_p=self.dropout if self.training else 0.0,
-        )
-        return self.proj(y.transpose(1, 2).reshape(batch, length, width))
+        if cache is None:
+            q, k, v = (t.view(batch, length, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=length > 1, dropout_p=self.dropout if self.training else 0.0,
+            )
+            return self.proj(y.transpose(1, 2).reshape(batch, length, width))
+        if length != 1:
+            raise ValueError("cached attention takes one new position a row")
+        cache[0][start] = k.view(batch, self.n_head, -1)
+        cache[1][start] = v.view(batch, self.n_head, -1)
+        # [T, N, H, d] read in place as N * H matrices [T, d]: batched products of one query each,
+        # cheaper than the fused kernel, which is built for many queries.
+        pairs, end = batch * self.n_head, start + 1
+        keys, values = (c[:end].permute(1, 2, 0, 3).reshape(pairs, end, -1) for c in cache)
+        query = q.reshape(pairs, 1, -1)
+        weights = (torch.bmm(query, keys.transpose(1, 2)) * query.shape[-1] ** -0.5).softmax(-1)
+        return self.proj(torch.bmm(weights, values).view(batch, 1, width))
 
 
 class MLP(nn.Module):
