@@ -34,7 +34,7 @@ from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
 from decap_core.errors import DecapError
-from decap_core.filesystems import filesystem
+from decap_core.filesystems import filesystem, has_wildcard, url_of
 
 FORMATS = ("wds", "files", "embeddings", "clip-retrieval")
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
@@ -120,24 +120,16 @@ def expand_patterns(patterns: Sequence[str]) -> list[str]:
         matched: list[str] = []
         for expanded in expand_urls(pattern):
             fs, _ = filesystem(expanded)
-            for path in fs.glob(expanded) if fs.exists(expanded) or _has_magic(expanded) else []:
+            for path in fs.glob(expanded) if fs.exists(expanded) or has_wildcard(expanded) else []:
                 if fs.isdir(path):  # clip-retrieval's output folder, or a folder of files
                     inside = fs.glob(f"{path.rstrip('/')}/img_emb/img_emb_*.npy") or fs.glob(f"{path.rstrip('/')}/*")
-                    matched += [_url(fs, p, expanded) for p in inside if fs.isfile(p)]
+                    matched += [url_of(fs, p, expanded) for p in inside if fs.isfile(p)]
                 elif fs.isfile(path):
-                    matched.append(_url(fs, path, expanded))
+                    matched.append(url_of(fs, path, expanded))
         if not matched:
             raise DecapError(f"no input files match {pattern!r}")
         found.update(matched)
     return sorted(found)
-
-
-def _has_magic(pattern: str) -> bool:
-    return any(char in pattern for char in "*?[")
-
-
-def _url(fs: fsspec.AbstractFileSystem, path: str, pattern: str) -> str:
-    return fs.unstrip_protocol(path) if "://" in pattern else path
 
 
 def plan_shards(patterns: Sequence[str], input_format: str = "auto", files_per_shard: int = 1000,

@@ -28,6 +28,7 @@ from webdataset.writer import TarWriter
 
 from decap_core import artifacts, dead_letters, metadata_files
 from decap_core.errors import DecapError
+from decap_core.filesystems import glob_files
 from decap_core.metadata_files import FileRows, pick
 from decap_core.textnorm import LengthLimits
 from decap_core.vocab import END_ID, START_ID, CompactVocab
@@ -198,9 +199,10 @@ def compact_vocab(manifest: ShardsManifest, min_count: int = 1) -> CompactVocab:
 
 
 def expand(pattern: str | Sequence[str]) -> list[str]:
-    """Shard URLs of brace patterns (``train-{000000..000009}.tar``; ``::`` separates several)."""
+    """Shard URLs of brace patterns (``train-{000000..000009}.tar``; ``::`` separates several) and
+    globs (``train-*.tar``, sorted)."""
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    return [url for p in patterns for url in expand_urls(p)]
+    return [url for p in patterns for expanded in expand_urls(p) for url in glob_files(expanded)]
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ SHARD_ONLY = ("train", "clip_fingerprint")  # ShardSettings fields that are not 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="decap train-decoder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", help="brace pattern of train shards (printed by decap make-shards)")
+    parser.add_argument("--train", help="brace pattern or glob of train shards (make-shards prints the pattern)")
     parser.add_argument("--out", required=True,
                         help="directory URL for decoder.safetensors + decoder.json and checkpoints")
     parser.add_argument("--clip-model", default="toy-clip")

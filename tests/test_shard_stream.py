@@ -59,3 +59,13 @@ def test_ranks_get_their_own_shards(shard_set):
     assert sorted(shards_of_rank(urls, 0, 2) + shards_of_rank(urls, 1, 2)) == sorted(urls)
     with pytest.raises(DecapError, match="cannot feed"):
         shards_of_rank(urls, 0, len(urls) + 1)
+
+
+def test_a_glob_opens_the_shards_its_brace_pattern_names(shard_set):
+    shards, _ = shard_set
+    directory = shards.urls[0].rsplit("/", 1)[0]
+    assert len(shards.urls) > 1
+    globbed = train_shards.ShardSet.open(f"{directory}/train-*.tar")
+    assert globbed.urls == shards.urls and globbed.expected == shards.expected
+    with pytest.raises(DecapError, match="no shard URLs"):
+        train_shards.ShardSet.open(f"{directory}/nothing-*.tar")
